@@ -1,0 +1,1 @@
+"""Backbone plugins. ``backbones.base`` holds the contract every backbone follows."""

@@ -1,0 +1,148 @@
+"""The backbone contract, and how a name on the command line becomes a backbone.
+
+A backbone turns a uint8 image batch (N, H, W, C) into pooled features per named layer:
+
+- ``layers``: exportable layer names in depth order; ``layer_widths()``: their feature sizes;
+- ``preprocess(images) -> tensor`` and ``features(x, layers) -> {layer: [B, D]}``, which computes
+  nothing past the deepest requested layer;
+- ``fingerprint``: a hash of architecture config + weights + preprocessing, and ``provenance()``
+  with the same facts in readable form.
+
+A registered object is either a backbone class (``create(name, spec, options)``) or a *family*
+(``family = True``) that answers for many names, as timm does for every timm model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.errors import BenchError
+from bench.registry import BACKBONES
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a backbone must know of the data to build itself."""
+
+    channels: int
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> "DataSpec":
+        return cls(channels=int(images.shape[3]), height=int(images.shape[1]), width=int(images.shape[2]))
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """Options every command accepts the same way (see ``bench.cli.backbone_options``)."""
+
+    pretrained: bool = False
+    weights: str | None = None
+    image_size: int | None = None
+    seed: int = 0  # random init
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.weights:
+            d["weights"] = str(Path(self.weights).resolve())
+        return d
+
+
+class Backbone:
+    name: str
+    layers: list[str]
+    family: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "Backbone":
+        raise NotImplementedError
+
+    def layer_widths(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def preprocess(self, images: np.ndarray):
+        raise NotImplementedError
+
+    def features(self, x, layers: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Architecture + preprocessing facts (JSON-able); weights enter via ``weights_digest``."""
+        raise NotImplementedError
+
+    def weights_digest(self) -> str:
+        return ""
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps({"config": self.config(), "weights": self.weights_digest()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def provenance(self) -> dict:
+        return {"backbone": self.name, "fingerprint": self.fingerprint, "config": self.config()}
+
+    def to(self, device) -> "Backbone":
+        return self
+
+    def check_layers(self, layers: list[str] | str | None) -> list[str]:
+        """Validate requested layer names ('all' or None = all), returned in depth order."""
+        if layers is None or layers == "all" or layers == ["all"]:
+            return list(self.layers)
+        if isinstance(layers, str):
+            layers = [s.strip() for s in layers.split(",") if s.strip()]
+        unknown = [l for l in layers if l not in self.layers]
+        if unknown or not layers:
+            raise BenchError(
+                f"unknown layer {', '.join(map(repr, unknown)) or '(none given)'} for backbone "
+                f"{self.name!r}; valid layers: {', '.join(self.layers)} (or 'all')"
+            )
+        return [l for l in self.layers if l in set(layers)]
+
+
+def state_dict_digest(state_dict) -> str:
+    """sha256 over parameter names, shapes, dtypes and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def resolve(name: str) -> type[Backbone]:
+    """The backbone class (or family) answering for ``name``; "did you mean" when none does."""
+    if name in BACKBONES:
+        obj = BACKBONES.get(name)
+        if not getattr(obj, "family", False):
+            return obj
+    families = []
+    for reg_name in BACKBONES.names():
+        obj = BACKBONES.get(reg_name)
+        if getattr(obj, "family", False):
+            families.append(obj)
+            if obj.handles(name):
+                return obj
+    if name in BACKBONES:  # a bare family name such as "timm"
+        raise BenchError(f"{name!r} is a family of backbones; name one model, e.g. {obj.example!r}")
+    candidates = [n for n in BACKBONES.names() if not getattr(BACKBONES.get(n), "family", False)]
+    for fam in families:
+        candidates += fam.list_names()
+    from bench.errors import did_you_mean
+
+    raise BenchError(f"unknown backbone {name!r}{did_you_mean(name, candidates)}; see `bench backbones list`")
+
+
+def create_backbone(name: str, spec: DataSpec, options: BackboneOptions | None = None) -> Backbone:
+    options = options or BackboneOptions()
+    if options.image_size is not None and options.image_size < 1:
+        raise BenchError(f"--image-size must be a positive integer, got {options.image_size}")
+    if options.weights is not None and not Path(options.weights).is_file():
+        raise BenchError(f"weights file {options.weights} does not exist; pass an existing --weights FILE")
+    return resolve(name).create(name, spec, options)

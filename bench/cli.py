@@ -1,0 +1,351 @@
+"""The `bench` command line: click for parsing, rich for output.
+
+Every mistake a user can make ends in one line on stderr and exit code 2; ``--debug`` shows the
+traceback of anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from bench.errors import BenchError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _log(ctx):
+    quiet = ctx.find_root().params.get("quiet", False)
+    return (lambda msg: None) if quiet else (lambda msg: _console(True).print(f"[dim]{msg}[/dim]", soft_wrap=True))
+
+
+def backbone_options(f):
+    """Options that say which backbone and weights; the same on every command that builds one."""
+
+    @click.option("--backbone", "-b", required=True, help="Backbone name: pixels, any timm model (resnet18, timm/convnext_atto), or a plugin's.")
+    @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights (from the local Hugging Face cache when offline).")
+    @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Weights file: .safetensors or a state-dict .pth (loaded with weights_only=True).")
+    @click.option("--image-size", type=click.IntRange(min=1), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+    @functools.wraps(f)
+    def wrapper(*args, backbone, pretrained, weights, image_size, seed, **kw):
+        from backbones.base import BackboneOptions
+
+        opts = BackboneOptions(pretrained=pretrained, weights=weights, image_size=image_size, seed=seed)
+        return f(*args, backbone=backbone, bopts=opts, seed=seed, **kw)
+
+    return wrapper
+
+
+def data_options(f):
+    @click.option("--dataset", "-d", required=True, help="Dataset name; see `bench datasets list`.")
+    @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files (else $BENCH_DATA_ROOT, else the system place).")
+    @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use a stratified subset of at most N rows per split, for quick runs.")
+    @functools.wraps(f)
+    def wrapper(*args, **kw):
+        return f(*args, **kw)
+
+    return wrapper
+
+
+def runtime_options(f):
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+    @functools.wraps(f)
+    def wrapper(*args, device, **kw):
+        from bench.runtime import pick_device
+
+        return f(*args, device=pick_device(device), **kw)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
+@click.version_option(package_name="igpt-bench", prog_name="bench")
+def cli(debug, quiet):
+    """Evaluate image representations: extract layer activations, probe them, tabulate.
+
+    \b
+    Example:
+      bench run --backbone resnet18 --task linear-probe --dataset digits
+    """
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+@cli.group(context_settings=CONTEXT)
+def backbones():
+    """List backbones and show their layers.
+
+    \b
+    Example:
+      bench backbones list 'resnet*'
+      bench backbones show resnet18 --dataset digits
+    """
+
+
+@backbones.command("list", context_settings=CONTEXT)
+@click.argument("pattern", required=False)
+def backbones_list(pattern):
+    """List backbone names matching PATTERN (fnmatch wildcards, e.g. 'resnet*').
+
+    \b
+    Example:
+      bench backbones list 'convnext_*'
+    """
+    from bench.registry import BACKBONES
+    from rich.table import Table
+
+    t = Table("name", "source", "about")
+    for name in BACKBONES.names():
+        obj = BACKBONES.get(name)
+        if getattr(obj, "family", False):
+            for member in obj.list_names(pattern):
+                t.add_row(member, name, "")
+        elif not pattern or __import__("fnmatch").fnmatchcase(name, pattern):
+            t.add_row(name, BACKBONES.source(name), getattr(obj, "description", ""))
+    if not t.row_count:
+        raise BenchError(f"no backbone matches {pattern!r}; try a wider pattern such as '*{pattern}*'")
+    _console().print(t)
+
+
+@backbones.command("show", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--dataset", "-d", default=None, help="Build for this dataset's images (default: 3x224x224 input).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files.")
+@click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Weights file (.safetensors or state-dict .pth).")
+@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Input size the backbone resizes to.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init.")
+def backbones_show(name, dataset, data_root, pretrained, weights, image_size, seed):
+    """Show every exportable layer of backbone NAME with its feature width.
+
+    \b
+    Example:
+      bench backbones show resnet18 --dataset fashion-mnist
+    """
+    from backbones.base import BackboneOptions, DataSpec, create_backbone
+    from rich.table import Table
+
+    if dataset:
+        from bench.datasets import load_split
+
+        spec = DataSpec.of(load_split(dataset, "train", data_root, limit=1).images)
+    else:
+        spec = DataSpec(3, 224, 224)
+    bb = create_backbone(name, spec, BackboneOptions(pretrained, weights, image_size, seed))
+    info = bb.layer_info() if hasattr(bb, "layer_info") else {l: {"width": w} for l, w in bb.layer_widths().items()}
+    cols = ["layer"] + sorted({k for v in info.values() for k in v}, key=lambda k: k != "width")
+    t = Table(*cols, title=f"{name} on {dataset or 'a 3x224x224 input'} (fingerprint {bb.fingerprint[:12]})")
+    for layer in bb.layers:
+        t.add_row(layer, *(str(info[layer].get(c, "")) for c in cols[1:]))
+    _console().print(t)
+
+
+@cli.group(context_settings=CONTEXT)
+def tasks():
+    """List tasks.
+
+    \b
+    Example:
+      bench tasks list
+    """
+
+
+@tasks.command("list", context_settings=CONTEXT)
+def tasks_list():
+    """List the registered tasks and their options.
+
+    \b
+    Example:
+      bench tasks list
+    """
+    from bench.registry import TASKS
+    from rich.table import Table
+
+    t = Table("name", "about", "options (-o KEY=VALUE)")
+    for name in TASKS.names():
+        obj = TASKS.get(name)
+        opts = ", ".join(f"{k}={v.default}" for k, v in getattr(obj, "options", {}).items())
+        t.add_row(name, getattr(obj, "description", ""), opts)
+    _console().print(t)
+
+
+@cli.group(context_settings=CONTEXT)
+def datasets():
+    """List datasets.
+
+    \b
+    Example:
+      bench datasets list
+    """
+
+
+@datasets.command("list", context_settings=CONTEXT)
+def datasets_list():
+    """List the registered datasets.
+
+    \b
+    Example:
+      bench datasets list
+    """
+    from bench.registry import DATASETS
+    from rich.table import Table
+
+    t = Table("name", "about", "source")
+    for name in DATASETS.names():
+        obj = DATASETS.get(name)
+        t.add_row(name, getattr(obj, "description", ""), DATASETS.source(name))
+    _console().print(t)
+
+
+# -- work ---------------------------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@backbone_options
+@data_options
+@click.option("--split", type=click.Choice(["train", "val", "test"]), required=True, help="Which split to extract.")
+@click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Activation file to write (default: the cache, keyed by fingerprint).")
+@runtime_options
+@click.pass_context
+def extract(ctx, backbone, bopts, seed, dataset, data_root, limit, split, layers, out, batch_size, device):
+    """Export pooled layer activations of a backbone on one split to HDF5.
+
+    Reuses a finished file with the same inputs, resumes an interrupted one, and refuses a file
+    made by something else.
+
+    \b
+    Example:
+      bench extract --backbone resnet18 --dataset digits --split train --layers layer2,layer3
+    """
+    from backbones.base import DataSpec, create_backbone
+    from bench.datasets import load_split
+    from bench.extract import extract as do_extract
+
+    quiet = ctx.find_root().params["quiet"]
+    data = load_split(dataset, split, data_root, limit, seed)
+    bb = create_backbone(backbone, DataSpec.of(data.images), bopts)
+    layer_list = bb.check_layers(layers)
+    act, how = do_extract(bb, data, layer_list, limit=limit, seed=seed, out=out, batch_size=batch_size,
+                          device=device, quiet=quiet, log=_log(ctx))
+    click.echo(f"{how}: {act.path} ({act.n_rows} rows; layers {', '.join(act.layers)})")
+
+
+@cli.command(context_settings=CONTEXT)
+@backbone_options
+@click.option("--task", "-t", required=True, help="Task name; see `bench tasks list`.")
+@data_options
+@click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
+@click.option("--option", "-o", "task_options", multiple=True, help="Task option KEY=VALUE (repeatable); see `bench tasks list`.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the results JSON.")
+@runtime_options
+@click.pass_context
+def run(ctx, backbone, bopts, seed, task, dataset, data_root, limit, layers, task_options, results_dir, batch_size, device):
+    """Run a task on a backbone's activations and print the results table.
+
+    \b
+    Example:
+      bench run --backbone resnet18 --task linear-probe --dataset digits
+      bench run -b pixels -t linear-probe -d fashion-mnist --limit 2000 -o max_iter=300
+    """
+    from bench.report import render, run_table
+    from bench.run import run as do_run
+
+    quiet = ctx.find_root().params["quiet"]
+    task_obj, records, path = do_run(
+        backbone=backbone, task=task, dataset=dataset, options=bopts, task_options=task_options,
+        layers=layers, data_root=data_root, limit=limit, seed=seed, batch_size=batch_size,
+        device=device, results_dir=results_dir, quiet=quiet, log=_log(ctx),
+    )
+    table = run_table(records, task_obj.columns)
+    render(table, "table", title=f"{task} · {backbone} · {dataset}" + (f" (limit {limit})" if limit else ""))
+    click.echo(f"results: {path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True, help="Output format.")
+@click.option("--best", is_flag=True, help="Add, per run, the layer chosen by val top-1.")
+def report(paths, fmt_name, best):
+    """Render results files (or folders of them) as one tidy table.
+
+    \b
+    Example:
+      bench report bench-results/ --format md
+    """
+    import pandas as pd
+
+    from bench.report import best_rows, load, render, tidy_view
+
+    df = load(paths)
+    if best:
+        df = pd.concat([df, best_rows(df)], ignore_index=True)
+    text = render(tidy_view(df), fmt_name)
+    if text is not None:
+        click.echo(text.rstrip("\n"))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True, help="Output format.")
+def compare(a, b, fmt_name):
+    """Put two runs (results files or folders) side by side, with B − A deltas.
+
+    \b
+    Example:
+      bench compare bench-results/pixels__digits__linear-probe__seed0.json \\
+                    bench-results/resnet18__digits__linear-probe__seed0.json
+    """
+    from bench.report import compare as do_compare
+    from bench.report import load, render
+
+    df = do_compare(load([a]), load([b]))
+    text = render(df, fmt_name, title=f"A = {a}\nB = {b}")
+    if text is not None:
+        click.echo(text.rstrip("\n"))
+
+
+def main(argv=None) -> None:
+    """Entry point: one-line errors with exit code 2, tracebacks only with --debug."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BENCH_DEBUG") == "1"
+    try:
+        rv = cli.main(args=argv, prog_name="bench", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except BenchError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.UsageError as e:
+        if debug:
+            raise
+        where = f"`{e.ctx.command_path} --help`" if e.ctx else "`bench --help`"
+        click.echo(f"error: {e.format_message()} (see {where})", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence
+        if debug:
+            raise
+        click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)

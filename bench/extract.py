@@ -1,0 +1,72 @@
+"""Backbone x dataset split -> activation file: the extraction step of the pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backbones.base import Backbone
+from bench.datasets import SplitData
+from bench.provenance import git_commit, now, versions
+from bench.runtime import progress_bar
+from bench.store import ActivationFile, cache_path, check_writable, data_digest, write_activations
+
+
+def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int) -> dict:
+    return {
+        "backbone": backbone.name,
+        "fingerprint": backbone.fingerprint,
+        "dataset": data.info["dataset"],
+        "split": data.info["split"],
+        "limit": limit,
+        "seed": seed if limit is not None else None,
+        "layers": list(layers),
+        "data_digest": data_digest(data.images, data.labels, data.indices),
+    }
+
+
+def extract(
+    backbone: Backbone,
+    data: SplitData,
+    layers: list[str],
+    *,
+    limit: int | None,
+    seed: int,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    quiet: bool = False,
+    log=lambda msg: None,
+) -> tuple[ActivationFile, str]:
+    """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default)."""
+    layers = backbone.check_layers(layers)
+    ident = identity_of(backbone, data, layers, limit, seed)
+    path = Path(out) if out else cache_path(ident, cache_dir)
+    check_writable(path, "--out" if out else "cache folder ($BENCH_CACHE)")
+    widths = backbone.layer_widths()
+    provenance = {
+        **backbone.provenance(),
+        "data": data.info,
+        "layers": {l: widths[l] for l in layers},
+        "batch_size": batch_size,
+        "device": device,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "created": now(),
+    }
+    backbone.to(device)
+    n = len(data)
+
+    def batches(start: int):
+        for s in range(start, n, batch_size):
+            e = min(s + batch_size, n)
+            feats = backbone.features(backbone.preprocess(data.images[s:e]), layers)
+            yield s, e, {l: np.asarray(feats[l].detach().cpu().float().numpy(), dtype=np.float32) for l in layers}
+
+    with progress_bar(f"extract {backbone.name} {data.info['dataset']}/{data.info['split']}", n, quiet) as bar:
+        return write_activations(
+            path, ident, provenance, n, data.labels, data.indices, {l: widths[l] for l in layers},
+            batches, batch_size=batch_size, progress=bar, log=log,
+        )

@@ -1,0 +1,121 @@
+"""Name -> plugin registries, fed by a decorator and by entry points, loaded lazily.
+
+Three registries exist: ``BACKBONES``, ``TASKS`` and ``DATASETS``, scanning the entry-point
+groups ``bench.backbones``, ``bench.tasks`` and ``bench.datasets``. Our own built-ins are listed
+in our pyproject under those groups, exactly as a third-party plugin would list its own.
+
+Listing names reads entry-point metadata only; the module behind a name is imported the first
+time that name is resolved. A name claimed by two sources is an error naming both.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Callable
+
+from bench.errors import BenchError, did_you_mean
+
+
+@dataclass
+class _Entry:
+    name: str
+    source: str  # e.g. "igpt-bench: backbones.pixels:PixelsBackbone" or "decorator in mymod"
+    entry_point: EntryPoint | None = None
+    obj: Any = None
+
+    def load(self) -> Any:
+        if self.obj is None:
+            assert self.entry_point is not None
+            self.obj = self.entry_point.load()
+        return self.obj
+
+
+class Registry:
+    """A lazy mapping of names to plugin objects (classes or factories)."""
+
+    def __init__(self, kind: str, group: str):
+        self.kind = kind  # "backbone", "task", "dataset": used in messages
+        self.group = group
+        self._entries: dict[str, _Entry] = {}
+        self._scanned = False
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, name: str | None = None) -> Callable[[Any], Any]:
+        """Decorator: ``@BACKBONES.register("my-net")`` above a class or factory."""
+
+        def deco(obj: Any) -> Any:
+            key = name or getattr(obj, "name", None) or obj.__name__
+            self._add(_Entry(key, f"{obj.__module__}:{obj.__qualname__}", obj=obj))
+            return obj
+
+        return deco
+
+    def _add(self, entry: _Entry) -> None:
+        self._scan()
+        old = self._entries.get(entry.name)
+        if old is not None:
+            # Loading an entry point imports its module; if that module also uses the decorator
+            # for the very same object, that is one registration, not two.
+            if (
+                entry.obj is not None
+                and old.entry_point is not None
+                and old.entry_point.value == f"{entry.obj.__module__}:{entry.obj.__qualname__}"
+            ):
+                return
+            raise BenchError(
+                f"{self.kind} name {entry.name!r} is registered twice: by {old.source} and by "
+                f"{entry.source}; uninstall or rename one of them"
+            )
+        self._entries[entry.name] = entry
+
+    def _scan(self) -> None:
+        if self._scanned:
+            return
+        self._scanned = True
+        seen: dict[str, _Entry] = {}
+        for ep in entry_points(group=self.group):
+            dist = getattr(ep, "dist", None)
+            source = f"{dist.name if dist else '?'} ({ep.value})"
+            if ep.name in seen:
+                if seen[ep.name].entry_point.value == ep.value:  # same dist seen twice on sys.path
+                    continue
+                raise BenchError(
+                    f"{self.kind} name {ep.name!r} is registered twice: by {seen[ep.name].source} "
+                    f"and by {source}; uninstall or rename one of them"
+                )
+            seen[ep.name] = _Entry(ep.name, source, entry_point=ep)
+        self._entries.update(seen)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def names(self, pattern: str | None = None) -> list[str]:
+        self._scan()
+        names = sorted(self._entries)
+        if pattern:
+            names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        return names
+
+    def source(self, name: str) -> str:
+        self._scan()
+        return self._entries[name].source
+
+    def __contains__(self, name: str) -> bool:
+        self._scan()
+        return name in self._entries
+
+    def get(self, name: str, extra_choices: list[str] | None = None) -> Any:
+        """The object registered under ``name``; an unknown name says "did you mean"."""
+        self._scan()
+        entry = self._entries.get(name)
+        if entry is None:
+            hint = did_you_mean(name, list(self._entries) + (extra_choices or []))
+            raise BenchError(
+                f"unknown {self.kind} {name!r}{hint}; see `bench {self.kind}s list`"
+            )
+        return entry.load()
+
+
+BACKBONES = Registry("backbone", "bench.backbones")
+TASKS = Registry("task", "bench.tasks")
+DATASETS = Registry("dataset", "bench.datasets")

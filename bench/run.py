@@ -1,0 +1,77 @@
+"""`bench run`: dataset -> backbone -> activation files (cached) -> task -> results file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from backbones.base import BackboneOptions, DataSpec, create_backbone
+from bench.datasets import load_split
+from bench.errors import BenchError
+from bench.extract import extract
+from bench.provenance import git_commit, now, versions
+from bench.records import results_path, write_results
+from bench.registry import TASKS
+from bench.store import check_writable
+
+
+def run(
+    *,
+    backbone: str,
+    task: str,
+    dataset: str,
+    options: BackboneOptions,
+    task_options: tuple[str, ...] = (),
+    layers: str | None = "all",
+    data_root: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    results_dir: str | Path = "bench-results",
+    cache_dir: str | Path | None = None,
+    quiet: bool = False,
+    log=lambda msg: None,
+):
+    """Validate everything first, then extract what the task needs and run it.
+
+    Returns (task object, records, results path).
+    """
+    t0 = time.time()
+    task_obj = TASKS.get(task)()
+    topts = task_obj.parse_options(task_options)
+    data = {s: load_split(dataset, s, data_root, limit, seed) for s in task_obj.splits}
+    first = data[task_obj.splits[0]]
+    bb = create_backbone(backbone, DataSpec.of(first.images), options)
+    layer_list = bb.check_layers(layers)
+    out = results_path(results_dir, backbone, dataset, task, seed, limit)
+    check_writable(out, "--results folder")
+
+    acts, how = {}, {}
+    for s in task_obj.splits:
+        acts[s], how[s] = extract(bb, data[s], layer_list, limit=limit, seed=seed, cache_dir=cache_dir,
+                                  batch_size=batch_size, device=device, quiet=quiet, log=log)
+        log(f"{s}: {how[s]} {acts[s].path}")
+    t_extract = time.time() - t0
+    raw = task_obj.run(acts, layer_list, options=topts, seed=seed, device=device, quiet=quiet)
+    if not raw:
+        raise BenchError(f"task {task!r} produced no results")
+
+    config = {"backbone_options": options.to_dict(), "task_options": topts, "layers": layer_list,
+              "batch_size": batch_size, "device": device, "data_root": data_root}
+    stamp = {
+        "backbone": backbone, "fingerprint": bb.fingerprint, "dataset": dataset, "task": task,
+        "seed": seed, "limit": limit, "config": config, "versions": versions(),
+        "git_commit": git_commit(), "time": now(),
+    }
+    records = [dict(stamp, **r, layer_index=layer_list.index(r["layer"]) if r.get("layer") in layer_list else None)
+               for r in raw]
+    run_info = {
+        **stamp,
+        "backbone_provenance": bb.provenance(),
+        "splits": {s: {"rows": len(data[s]), "activations": str(acts[s].path), "cache": how[s],
+                       "data": data[s].info} for s in task_obj.splits},
+        "seconds": {"extract": round(t_extract, 3), "total": round(time.time() - t0, 3)},
+    }
+    path = write_results(out, run_info, records)
+    return task_obj, records, path

@@ -1,0 +1,1 @@
+"""Task plugins. ``tasks.base`` holds the contract every task follows."""
