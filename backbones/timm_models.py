@@ -158,16 +158,28 @@ class TimmBackbone(Backbone):
 
 
 def _create_pretrained(arch: str, kwargs: dict):
+    """timm's pretrained weights: the local Hugging Face cache first; the network only when the
+    cache lacks them and ``HF_HUB_OFFLINE`` is not set."""
     import timm
+    from huggingface_hub import constants
 
-    try:
-        return timm.create_model(arch, pretrained=True, **kwargs)
-    except RuntimeError as e:
-        if "No pretrained weights" in str(e):
-            raise BenchError(f"timm has no pretrained weights for {arch!r}; drop --pretrained or pass --weights FILE") from None
-        raise _not_cached(arch, e) from None
-    except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-        raise _not_cached(arch, e) from None
+    offline_wanted = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    attempts = [True] if offline_wanted else [True, False]
+    err: Exception | None = None
+    for offline in attempts:
+        saved = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = offline
+        try:
+            return timm.create_model(arch, pretrained=True, **kwargs)
+        except RuntimeError as e:
+            if "No pretrained weights" in str(e):
+                raise BenchError(f"timm has no pretrained weights for {arch!r}; drop --pretrained or pass --weights FILE") from None
+            err = e
+        except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
+            err = e
+        finally:
+            constants.HF_HUB_OFFLINE = saved
+    raise _not_cached(arch, err) from None
 
 
 def _not_cached(arch: str, e: Exception) -> BenchError:

@@ -318,6 +318,56 @@ def compare(a, b, fmt_name):
         click.echo(text.rstrip("\n"))
 
 
+@cli.group(context_settings=CONTEXT)
+def benchmark():
+    """Measure our implementations against named references, in one run.
+
+    \b
+    Example:
+      bench benchmark probe --backbone pixels --dataset fashion-mnist --limit 5000
+    """
+
+
+@benchmark.command("probe", context_settings=CONTEXT)
+@backbone_options
+@data_options
+@click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
+@click.option("--option", "-o", "task_options", multiple=True, help="linear-probe option KEY=VALUE (l2_grid, max_iter, patience).")
+@runtime_options
+@click.pass_context
+def benchmark_probe(ctx, backbone, bopts, seed, dataset, data_root, limit, layers, task_options, batch_size, device):
+    """Our linear probe vs scikit-learn lbfgs looped over the same grid: accuracy and speed ratio.
+
+    \b
+    Example:
+      bench benchmark probe -b pixels -d fashion-mnist --limit 5000
+    """
+    import pandas as pd
+
+    from bench.benchmark import compare_probes
+    from bench.registry import TASKS
+    from bench.report import render
+    from bench.run import extract_splits
+
+    quiet = ctx.find_root().params["quiet"]
+    topts = TASKS.get("linear-probe")().parse_options(task_options)
+    _, layer_list, _, acts, _ = extract_splits(
+        backbone=backbone, dataset=dataset, splits=("train", "val", "test"), options=bopts, layers=layers,
+        data_root=data_root, limit=limit, seed=seed, batch_size=batch_size, device=device, quiet=quiet,
+        log=_log(ctx))
+    rows = []
+    y = {s: acts[s].labels for s in acts}
+    for layer in layer_list:
+        X = {s: acts[s].read(layer) for s in acts}
+        res = compare_probes(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"],
+                             topts["l2_grid"], topts["max_iter"], topts["patience"])
+        (va, te, lam, t), (sva, ste, slam, st) = res["ours"], res["sklearn"]
+        rows.append({"layer": layer, "val ours": va, "val sklearn": sva, "test ours": te,
+                     "test sklearn": ste, "test delta": te - ste, "L2 ours": lam, "L2 sklearn": slam,
+                     "s ours": t, "s sklearn": st, "speed-up": st / t})
+    render(pd.DataFrame(rows), "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset} ({len(y['train'])} train rows)")
+
+
 def main(argv=None) -> None:
     """Entry point: one-line errors with exit code 2, tracebacks only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -16,6 +16,7 @@ import io
 import os
 import pickle
 import struct
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,7 @@ def _read_idx(path: Path) -> np.ndarray:
         shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return arr.reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as e:
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as e:
         raise BenchError(f"{path} is not a readable IDX file ({e}); download it again") from None
 
 
@@ -190,6 +191,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
 

@@ -40,18 +40,12 @@ def run(
     t0 = time.time()
     task_obj = TASKS.get(task)()
     topts = task_obj.parse_options(task_options)
-    data = {s: load_split(dataset, s, data_root, limit, seed) for s in task_obj.splits}
-    first = data[task_obj.splits[0]]
-    bb = create_backbone(backbone, DataSpec.of(first.images), options)
-    layer_list = bb.check_layers(layers)
     out = results_path(results_dir, backbone, dataset, task, seed, limit)
-    check_writable(out, "--results folder")
-
-    acts, how = {}, {}
-    for s in task_obj.splits:
-        acts[s], how[s] = extract(bb, data[s], layer_list, limit=limit, seed=seed, cache_dir=cache_dir,
-                                  batch_size=batch_size, device=device, quiet=quiet, log=log)
-        log(f"{s}: {how[s]} {acts[s].path}")
+    bb, layer_list, data, acts, how = extract_splits(
+        backbone=backbone, dataset=dataset, splits=task_obj.splits, options=options, layers=layers,
+        data_root=data_root, limit=limit, seed=seed, batch_size=batch_size, device=device,
+        cache_dir=cache_dir, quiet=quiet, log=log, before_work=lambda: check_writable(out, "--results folder"),
+    )
     t_extract = time.time() - t0
     raw = task_obj.run(acts, layer_list, options=topts, seed=seed, device=device, quiet=quiet)
     if not raw:
@@ -75,3 +69,21 @@ def run(
     }
     path = write_results(out, run_info, records)
     return task_obj, records, path
+
+
+def extract_splits(*, backbone, dataset, splits, options, layers, data_root, limit, seed, batch_size,
+                   device, cache_dir=None, quiet=False, log=lambda msg: None, before_work=lambda: None):
+    """Load the splits, build the backbone, validate layers, then extract (or reuse) each split.
+
+    ``before_work`` runs after all validation and before anything is written.
+    """
+    data = {s: load_split(dataset, s, data_root, limit, seed) for s in splits}
+    bb = create_backbone(backbone, DataSpec.of(data[splits[0]].images), options)
+    layer_list = bb.check_layers(layers)
+    before_work()
+    acts, how = {}, {}
+    for s in splits:
+        acts[s], how[s] = extract(bb, data[s], layer_list, limit=limit, seed=seed, cache_dir=cache_dir,
+                                  batch_size=batch_size, device=device, quiet=quiet, log=log)
+        log(f"{s}: {how[s]} {acts[s].path}")
+    return bb, layer_list, data, acts, how

@@ -57,18 +57,25 @@ def cache_path(identity: dict, cache_dir: Path | None = None) -> Path:
 
 
 def check_writable(path: Path, what: str = "--out") -> None:
-    """Fail early, before any work, if ``path`` cannot be created."""
+    """Fail early, before any work, if ``path`` cannot be created (probes with a temporary file
+    in the nearest existing folder, so it also holds for root and read-only mounts)."""
+    import tempfile
+
     path = Path(path)
-    parent = path.parent
-    existing = parent
+    if path.is_dir():
+        raise BenchError(f"{path} is a folder; give {what} a file name")
+    existing = path.parent
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise BenchError(f"cannot write {path} (no write permission in {existing}); choose another {what}")
-    if path.is_dir():
-        raise BenchError(f"{path} is a folder; give {what} a file name ending in .h5")
+    if not existing.is_dir():
+        raise BenchError(f"cannot write {path}: {existing} is a file, not a folder; choose another {what}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as e:
+        raise BenchError(f"cannot write {path} ({e.strerror or e}); choose another {what}") from None
 
 
 @dataclass

@@ -35,6 +35,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonnegative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return v
+
+
 DEFAULT_GRID = ",".join(f"1e{e}" for e in range(-7, 1))  # 1e-7 ... 1e0, 8 strengths
 
 
@@ -97,19 +104,33 @@ def top1(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return 100.0 * p, 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(len(y), 1))
 
 
-def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, device="cpu", on_fit=None):
-    """Choose the L2 strength on val, refit on train+val; returns (val_acc, val_se, test_acc, test_se, lam)."""
+def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, device="cpu", on_fit=None,
+                patience=0):
+    """Choose the L2 strength on val, refit on train+val; returns (val_acc, val_se, test_acc, test_se, lam).
+
+    ``patience`` > 0 stops the walk (strong -> weak) after that many strengths in a row below the
+    best val accuracy; the weak end of the grid is where L-BFGS needs the most iterations.
+    """
     Xtr_s, Xva_s = standardize(Xtr, Xva)
     best = None
     warm = None
-    for lam in grid:  # strong -> weak, warm-started
+    worse = 0
+    for i, lam in enumerate(grid):  # strong -> weak, warm-started
         clf = LogisticRegressionLBFGS(n_classes, max_iter=max_iter, device=device).fit(Xtr_s, ytr, lam, warm)
         warm = clf
         acc, se = top1(clf.predict(Xva_s), yva)
-        if best is None or acc > best[0]:  # ties keep the stronger strength
-            best = (acc, se, lam, clf)
         if on_fit:
             on_fit()
+        if best is None or acc > best[0]:  # ties keep the stronger strength
+            best = (acc, se, lam, clf)
+            worse = 0
+        elif acc < best[0]:
+            worse += 1
+            if patience and worse >= patience:
+                if on_fit:
+                    for _ in grid[i + 1:]:
+                        on_fit()
+                break
     val_acc, val_se, lam, _ = best
     Xall = np.concatenate([Xtr, Xva])
     yall = np.concatenate([ytr, yva])
@@ -128,6 +149,9 @@ class LinearProbe(Task):
     options = {
         "l2_grid": Option(DEFAULT_GRID, _grid, "comma-separated positive L2 strengths, e.g. 1e-4,1e-3,1e-2"),
         "max_iter": Option(1000, _positive_int, "L-BFGS iterations per fit, a positive integer"),
+        "patience": Option(2, _nonnegative_int,
+                           "stop the grid walk after this many strengths in a row below the best val "
+                           "top-1 (0 walks the whole grid)"),
     }
     columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "l2"): "chosen L2"}
 
@@ -144,7 +168,7 @@ class LinearProbe(Task):
                 Xtr, Xva, Xte = (acts[s].read(layer) for s in ("train", "val", "test"))
                 va, va_se, te, te_se, lam = probe_layer(
                     Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, options["max_iter"], device,
-                    on_fit=lambda: bar.advance(1),
+                    on_fit=lambda: bar.advance(1), patience=options["patience"],
                 )
                 records += [
                     {"layer": layer, "split": "val", "metric": "top1", "value": va, "stderr": va_se, "n": len(yva)},

@@ -1,0 +1,92 @@
+"""End to end through the CLI on real data: run, report, compare, list, show."""
+
+import json
+
+import pandas as pd
+
+from tests.conftest import bench_subprocess
+
+
+def test_run_resnet18_digits_prints_a_row_per_stage_and_writes_records(bench, tmp_path):
+    r = bench("-q", "run", "--backbone", "resnet18", "--task", "linear-probe", "--dataset", "digits",
+              "--results", tmp_path / "res")
+    assert r.code == 0, r
+    for stage in ("act1", "layer1", "layer2", "layer3", "layer4"):
+        assert stage in r.out
+    assert "val top-1" in r.out and "test top-1" in r.out and "chosen L2" in r.out
+    doc = json.loads((tmp_path / "res" / "resnet18__digits__linear-probe__seed0.json").read_text())
+    recs = doc["records"]
+    assert {(x["layer"], x["split"], x["metric"]) for x in recs} >= {
+        ("layer1", "val", "top1"), ("layer1", "test", "top1"), ("layer1", "val", "l2")}
+    rec = recs[0]
+    for key in ("backbone", "fingerprint", "dataset", "task", "layer", "split", "metric", "value",
+                "stderr", "seed", "config", "versions", "git_commit", "time"):
+        assert key in rec
+    assert rec["versions"]["torch"] and len(rec["fingerprint"]) == 64
+    tops = [x["value"] for x in recs if x["metric"] == "top1"]
+    assert all(0 <= v <= 100 for v in tops) and max(tops) > 80  # far above chance (10%)
+
+
+def test_report_and_compare_through_the_real_console_script(tmp_path):
+    res = tmp_path / "res"
+    for b in ("pixels", "resnet18"):
+        r = bench_subprocess("-q", "run", "-b", b, "-t", "linear-probe", "-d", "digits", "--limit", "300",
+                             "--results", res, "-o", "l2_grid=1e-4,1e-2,1")
+        assert r.code == 0, r
+    r = bench_subprocess("report", res, "--format", "csv")
+    assert r.code == 0, r
+    df = pd.read_csv(__import__("io").StringIO(r.out))
+    assert {"backbone", "dataset", "task", "layer", "split", "metric", "value"} <= set(df.columns)
+    assert set(df.backbone) == {"pixels", "resnet18"}
+    assert set(df[df.metric == "top1"].split) == {"val", "test"}
+    md = bench_subprocess("report", res, "--format", "md", "--best")
+    assert md.code == 0 and md.out.startswith("| backbone |") and "best by val" in md.out
+    a = res / "pixels__digits__linear-probe__seed0__n300.json"
+    b = res / "resnet18__digits__linear-probe__seed0__n300.json"
+    c = bench_subprocess("compare", a, b, "--format", "csv")
+    assert c.code == 0, c
+    cmp = pd.read_csv(__import__("io").StringIO(c.out))
+    best = cmp[(cmp.layer == "best by val") & (cmp.split == "test") & (cmp.metric == "top1")]
+    assert len(best) == 1
+    row = best.iloc[0]
+    assert abs(row["delta"] - (row["value B"] - row["value A"])) < 1e-9
+
+
+def test_second_run_reuses_the_cache(bench, tmp_path):
+    args = ("run", "-b", "pixels", "-t", "linear-probe", "-d", "digits", "--limit", "200", "--results", tmp_path)
+    first = bench(*args)
+    second = bench(*args)
+    assert first.code == second.code == 0
+    assert "extracted" in first.err and "reused" in second.err and "extracted" not in second.err
+    assert first.out == second.out  # same seed, same numbers
+
+
+def test_listing_and_showing(bench):
+    r = bench("backbones", "list", "resnet1*")
+    assert r.code == 0 and "resnet18" in r.out and "pixels" not in r.out
+    r = bench("backbones", "list")
+    assert r.code == 0 and "pixels" in r.out and "convnext_atto" in r.out
+    r = bench("backbones", "show", "resnet18", "--dataset", "digits")
+    assert r.code == 0
+    for layer, width in (("act1", "64"), ("layer1", "64"), ("layer2", "128"), ("layer3", "256"), ("layer4", "512")):
+        assert any(layer in line and width in line for line in r.out.splitlines()), r.out
+    r = bench("backbones", "show", "pixels", "--dataset", "digits")
+    assert r.code == 0 and "64" in r.out
+    r = bench("tasks", "list")
+    assert r.code == 0 and "linear-probe" in r.out and "l2_grid" in r.out
+    r = bench("datasets", "list")
+    assert r.code == 0 and "fashion-mnist" in r.out
+
+
+def test_every_command_has_an_example_in_help(bench):
+    for cmd in (["backbones", "list"], ["backbones", "show"], ["tasks", "list"], ["datasets", "list"],
+                ["extract"], ["run"], ["report"], ["compare"], []):
+        r = bench(*cmd, "--help")
+        assert r.code == 0 and "Example" in r.out, cmd
+
+
+def test_timm_prefix_names_the_same_model(bench, tmp_path):
+    r = bench("-q", "extract", "-b", "timm/resnet18", "-d", "digits", "--split", "test", "--limit", "20",
+              "--layers", "layer1", "--out", tmp_path / "a.h5")
+    assert r.code == 0, r
+    assert (tmp_path / "a.h5").is_file()
