@@ -172,13 +172,18 @@ def tasks_list():
       bench tasks list
     """
     from bench.registry import TASKS
+
+    _registry_table(TASKS, "options (-o KEY=VALUE)", lambda obj: ", ".join(
+        f"{k}={v.default}" for k, v in getattr(obj, "options", {}).items()))
+
+
+def _registry_table(registry, extra_header, extra):
     from rich.table import Table
 
-    t = Table("name", "about", "options (-o KEY=VALUE)")
-    for name in TASKS.names():
-        obj = TASKS.get(name)
-        opts = ", ".join(f"{k}={v.default}" for k, v in getattr(obj, "options", {}).items())
-        t.add_row(name, getattr(obj, "description", ""), opts)
+    t = Table("name", "about", extra_header)
+    for name in registry.names():
+        obj = registry.get(name)
+        t.add_row(name, getattr(obj, "description", ""), extra(obj) if extra else registry.source(name))
     _console().print(t)
 
 
@@ -201,13 +206,8 @@ def datasets_list():
       bench datasets list
     """
     from bench.registry import DATASETS
-    from rich.table import Table
 
-    t = Table("name", "about", "source")
-    for name in DATASETS.names():
-        obj = DATASETS.get(name)
-        t.add_row(name, getattr(obj, "description", ""), DATASETS.source(name))
-    _console().print(t)
+    _registry_table(DATASETS, "source", None)
 
 
 # -- work ---------------------------------------------------------------------------------------

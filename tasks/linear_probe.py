@@ -42,7 +42,8 @@ def _nonnegative_int(text: str) -> int:
     return v
 
 
-DEFAULT_GRID = ",".join(f"1e{e}" for e in range(-7, 1))  # 1e-7 ... 1e0, 8 strengths
+DEFAULT_GRID = ",".join(f"{10 ** (e / 2):.3g}" for e in range(-14, 1))  # 1e-7 ... 1, two per decade
+BLOCK_ROWS = 8192
 
 
 def standardize(train: np.ndarray, *others: np.ndarray):
@@ -73,15 +74,23 @@ class LogisticRegressionLBFGS:
         opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tol,
                                 tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
 
-        # Loss and gradient by hand rather than autograd: the gradient X^T (P - Y) / n is computed
-        # as (P - Y)^T X, which reads X in its stored order and is ~3x faster on a CPU.
+        # Loss and gradient by hand rather than autograd, in blocks of rows: each block of X is read
+        # once for the logits and, while still in cache, for its share of the gradient (P - Y)^T X.
+        # On a CPU the fit is bound by reading X, so this is ~1.7x faster than autograd.
+        blocks = [(s, min(s + BLOCK_ROWS, n)) for s in range(0, n, BLOCK_ROWS)]
+
         def closure():
-            z = torch.addmm(b, X, W)
-            logp = torch.log_softmax(z, dim=1)
-            loss = -(logp * onehot).sum() / n + 0.5 * lam * (W * W).sum()
-            g = (logp.exp_() - onehot).div_(n)
-            W.grad.copy_(torch.mm(g.t(), X).t()).add_(W, alpha=lam)
-            b.grad.copy_(g.sum(0))
+            loss = 0.5 * lam * (W * W).sum()
+            gW = torch.zeros(self.k, d, device=X.device, dtype=X.dtype)
+            gb = torch.zeros(self.k, device=X.device, dtype=X.dtype)
+            for s, e in blocks:
+                logp = torch.log_softmax(torch.addmm(b, X[s:e], W), dim=1)
+                loss = loss - (logp * onehot[s:e]).sum() / n
+                g = logp.exp_().sub_(onehot[s:e])
+                gW.addmm_(g.t(), X[s:e])
+                gb += g.sum(0)
+            W.grad.copy_(gW.t()).div_(n).add_(W, alpha=lam)
+            b.grad.copy_(gb).div_(n)
             return loss
 
         with torch.no_grad():
