@@ -16,6 +16,8 @@ def load_state_dict(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"--weights {path} is a folder; this backbone takes a weights file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

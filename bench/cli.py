@@ -33,7 +33,7 @@ def backbone_options(f):
 
     @click.option("--backbone", "-b", required=True, help="Backbone name: pixels, any timm model (resnet18, timm/convnext_atto), or a plugin's.")
     @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights (from the local Hugging Face cache when offline).")
-    @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Weights file: .safetensors or a state-dict .pth (loaded with weights_only=True).")
+    @click.option("--weights", type=click.Path(), default=None, help="Weights: a .safetensors or state-dict .pth file (read with weights_only=True), or an ImageGPT folder.")
     @click.option("--image-size", type=click.IntRange(min=1), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
     @functools.wraps(f)
@@ -125,7 +125,7 @@ def backbones_list(pattern):
 @click.option("--dataset", "-d", default=None, help="Build for this dataset's images (default: 3x224x224 input).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files.")
 @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Weights file (.safetensors or state-dict .pth).")
+@click.option("--weights", type=click.Path(), default=None, help="Weights file (.safetensors or state-dict .pth) or ImageGPT folder.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None, help="Input size the backbone resizes to.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init.")
 def backbones_show(name, dataset, data_root, pretrained, weights, image_size, seed):

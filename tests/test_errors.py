@@ -62,7 +62,7 @@ def test_corrupt_weights_files(bench, tmp_path):
         r = bench(*RUN, "-b", "resnet18", "--weights", w, "--results", tmp_path / "res")
         assert_user_error(r, str(w))
     r = bench(*RUN, "-b", "resnet18", "--weights", tmp_path / "missing.pth")
-    assert_user_error(r, "does not exist")
+    assert_user_error(r, "do not exist")
     assert _nothing_written(tmp_path)
 
 

@@ -1,0 +1,151 @@
+"""The Image GPT backbone: our own model (``model``), palettes (``palette``) and weight loading
+(``weights``), exposed to the harness as the ``igpt`` family of backbones.
+
+Names: ``igpt`` with ``--weights`` (a transformers-format ImageGPT folder), or a shape name
+(``igpt-tiny``, ``igpt-mini``, ``igpt-s`` …) for a seeded random init with a fixed uniform palette
+(``--weights`` may point such a shape at a folder too).
+
+Features (the contract): an image becomes palette indices x1…xn in raster order (n = H·W); the
+model reads [SOS, x1, …, x(n−1)]. Layer ``h0`` is the embedding output, ``h1``…``hL`` the block
+outputs, ``final`` the last norm's output. The feature of ``hl`` is the mean over the n positions
+of the hidden state divided by its root-mean-square (eps 1e-5, no gain); ``final`` is the mean of
+the final-norm output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backbones.base import Backbone, BackboneOptions, DataSpec, state_dict_digest
+from bench.errors import BenchError
+
+from .model import SHAPES, IGPTConfig, ImageGPT
+from .palette import Palette
+
+FEATURE_EPS = 1e-5
+
+
+def uniform_palette(channels: int) -> Palette:
+    """16 gray levels, or an 8x8x8 RGB grid (512 colors), in [-1, 1]."""
+    if channels == 1:
+        return Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
+    lv = np.linspace(-1, 1, 8, dtype=np.float32)
+    return Palette(np.stack(np.meshgrid(lv, lv, lv, indexing="ij"), -1).reshape(-1, 3))
+
+
+class IGPTBackbone(Backbone):
+    family = True
+    example = "igpt-tiny"
+    description = "Image GPT: ours, loads transformers-format ImageGPT folders (--weights DIR)"
+
+    @staticmethod
+    def handles(name: str) -> bool:
+        return name == "igpt" or name in SHAPES
+
+    @staticmethod
+    def list_names(pattern: str | None = None) -> list[str]:
+        import fnmatch
+
+        names = ["igpt", *SHAPES]
+        return [n for n in names if not pattern or fnmatch.fnmatchcase(n, pattern)]
+
+    def __init__(self, name: str, model: ImageGPT, palette: Palette, height: int, width: int,
+                 source: dict):
+        self.name = name
+        self.model = model.eval()
+        self.palette = palette
+        self.height, self.width = height, width
+        self.source = source
+        self.layers = model.layer_names
+        self.device = "cpu"
+        self._digest = None
+
+    @classmethod
+    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "IGPTBackbone":
+        import torch
+
+        from .weights import load_pretrained
+
+        if options.pretrained:
+            raise BenchError("igpt has no --pretrained; pass --weights DIR (a transformers ImageGPT folder)")
+        if options.weights:
+            model, palette, (h, w), source = load_pretrained(options.weights)
+            if options.image_size and options.image_size * options.image_size != h * w:
+                raise BenchError(f"--image-size {options.image_size} does not fit the model's {h}x{w} positions; "
+                                 "drop --image-size")
+        else:
+            if name == "igpt":
+                raise BenchError("backbone 'igpt' needs --weights DIR; or name a shape such as 'igpt-tiny' "
+                                 "for a random init")
+            h = w = options.image_size or max(spec.height, spec.width)
+            torch.manual_seed(options.seed)
+            palette = uniform_palette(spec.channels)
+            cfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **SHAPES[name])
+            model = ImageGPT(cfg)
+            source = {"weights": f"random-init(seed={options.seed})", "palette": "uniform"}
+        if spec.channels == 3 and palette.channels == 1:
+            raise BenchError("RGB data under a grayscale palette; use RGB weights or grayscale data")
+        return cls(name, model, palette, h, w, source)
+
+    def to(self, device):
+        self.model.to(device)
+        self.device = device
+        return self
+
+    def layer_widths(self):
+        return {l: self.model.cfg.n_embd for l in self.layers}
+
+    def tokens(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images -> palette indices (N, H*W), after resizing to the model's resolution."""
+        import torch
+        import torch.nn.functional as F
+
+        if images.shape[1:3] != (self.height, self.width):
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False,
+                              antialias=True)
+            images = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return self.palette.quantize(images)
+
+    def preprocess(self, images: np.ndarray):
+        import torch
+
+        return torch.from_numpy(self.tokens(images))
+
+    def model_input(self, tokens):
+        """[SOS, x1, …, x(n−1)]."""
+        import torch
+
+        sos = torch.full((tokens.shape[0], 1), self.model.cfg.sos, dtype=tokens.dtype, device=tokens.device)
+        return torch.cat([sos, tokens[:, :-1]], dim=1)
+
+    def features(self, x, layers):
+        import torch
+
+        deepest = max(layers, key=self.layers.index)
+        with torch.inference_mode():
+            hs = self.model.hidden_states(self.model_input(x.to(self.device)), upto=deepest)
+            out = {}
+            for l in layers:
+                h = hs[l].float()
+                if l != "final":
+                    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + FEATURE_EPS)
+                out[l] = h.mean(1)
+        return out
+
+    def config(self):
+        return {
+            "backbone": "igpt",
+            "model": self.model.cfg.to_dict(),
+            "image": [self.height, self.width],
+            "preprocessing": {"resize": [self.height, self.width], "interpolation": "bilinear-antialias",
+                              "palette_sha256": __import__("hashlib").sha256(self.palette.centers.tobytes()).hexdigest(),
+                              "input": "[SOS, x1..x(n-1)], raster order"},
+            "pooling": "mean over positions of h/rms(h) (eps 1e-5); final: mean of ln_f output",
+            "source": self.source,
+        }
+
+    def weights_digest(self):
+        if self._digest is None:
+            self._digest = state_dict_digest(self.model.state_dict())
+        return self._digest

@@ -1,0 +1,78 @@
+"""Loading transformers-format ImageGPT folders without importing transformers.
+
+A folder holds ``config.json``, ``model.safetensors`` (or ``pytorch_model.bin``, read with
+``weights_only=True``) and ``preprocessor_config.json`` with the palette ``clusters``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from bench.errors import BenchError
+
+from .model import IGPTConfig, ImageGPT, from_transformers_state_dict
+from .palette import Palette
+
+
+def _read_config(folder: Path) -> tuple[IGPTConfig, dict]:
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BenchError(f"cannot read {folder / 'config.json'} ({e}); pass a saved ImageGPT folder") from None
+    try:
+        cfg = IGPTConfig(
+            n_colors=int(raw["vocab_size"]) - 1,
+            n_positions=int(raw["n_positions"]),
+            n_embd=int(raw["n_embd"]),
+            n_layer=int(raw["n_layer"]),
+            n_head=int(raw["n_head"]),
+            n_inner=raw.get("n_inner"),
+            eps=float(raw.get("layer_norm_epsilon", 1e-5)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise BenchError(f"{folder / 'config.json'} is not an ImageGPT config (missing or bad {e}); "
+                         "pass a folder saved by ImageGPT's save_pretrained") from None
+    if cfg.n_embd % cfg.n_head:
+        raise BenchError(f"{folder / 'config.json'}: n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+    return cfg, raw
+
+
+def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
+    """(model, palette, (height, width), source) from a transformers-format ImageGPT folder."""
+    from backbones.weights import load_state_dict
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BenchError(f"--weights {folder} is not a folder; pass a transformers-format ImageGPT folder "
+                         "(config.json, model.safetensors or pytorch_model.bin, preprocessor_config.json)")
+    missing = [f for f in ("config.json", "preprocessor_config.json") if not (folder / f).is_file()]
+    weights = next((folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()), None)
+    if weights is None:
+        missing.append("model.safetensors or pytorch_model.bin")
+    if missing:
+        raise BenchError(f"ImageGPT folder {folder} lacks {', '.join(missing)}; save it with save_pretrained "
+                         "and the image processor beside it")
+    cfg, _ = _read_config(folder)
+    palette = Palette.load(folder / "preprocessor_config.json")
+    if palette.n_colors != cfg.n_colors:
+        raise BenchError(f"{folder}: the palette has {palette.n_colors} colors but config.json says "
+                         f"{cfg.n_colors} (vocab_size - 1); the files do not belong together")
+    proc = json.loads((folder / "preprocessor_config.json").read_text())
+    size = proc.get("size") or {}
+    h, w = size.get("height"), size.get("width")
+    if not h or not w or h * w != cfg.n_positions:
+        side = math.isqrt(cfg.n_positions)
+        if side * side != cfg.n_positions:
+            raise BenchError(f"{folder}: cannot tell the image shape for {cfg.n_positions} positions; "
+                             "set size {height, width} in preprocessor_config.json")
+        h = w = side
+    model = ImageGPT(cfg)
+    sd = from_transformers_state_dict(load_state_dict(weights), cfg)
+    if "head.weight" not in sd:  # an ImageGPTModel without the head: features still work
+        sd["head.weight"] = model.head.weight.detach().clone()
+    from backbones.weights import apply_state_dict
+
+    apply_state_dict(model, sd, "igpt", weights)
+    return model, palette, (int(h), int(w)), {"weights": str(weights.resolve()), "format": "transformers"}
