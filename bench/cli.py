@@ -318,6 +318,54 @@ def compare(a, b, fmt_name):
         click.echo(text.rstrip("\n"))
 
 
+def _int_list(ctx, param, value):
+    if not value:
+        return ()
+    try:
+        return tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of step numbers") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--backbone", "-b", required=True, help="iGPT shape to train: igpt-tiny, igpt-mini, igpt-s, ...")
+@data_options
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="Optimizer steps in all.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per step (over all processes).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW, betas 0.9/0.95).")
+@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True, help="Linear warm-up steps before the cosine decay.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on matrices and embeddings.")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this (0: off).")
+@click.option("--save-at", default="", callback=_int_list, help="Comma-separated steps to checkpoint at (the last step always is).")
+@click.option("--colors", type=click.IntRange(min=2), default=None, help="Palette size (default 512 for RGB, 16 for grayscale).")
+@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Train at this square size (default: the dataset's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, palette and data order.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder: settings, palette, log, checkpoints.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.pass_context
+def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, warmup, weight_decay, grad_clip,
+             save_at, colors, image_size, seed, out, device):
+    """Pretrain an Image GPT on a dataset (next-pixel prediction over a k-means palette).
+
+    Rerunning the same command continues from the last checkpoint. Under `torchrun
+    --nproc_per_node K` it trains with DistributedDataParallel.
+
+    \b
+    Example:
+      bench pretrain -b igpt-tiny -d digits --steps 2000 --save-at 500,1000 --out runs/tiny
+    """
+    from backbones.igpt.train import TrainConfig
+    from backbones.igpt.train import pretrain as do_pretrain
+    from bench.runtime import pick_device
+
+    cfg = TrainConfig(backbone=backbone, dataset=dataset, steps=steps, batch_size=batch_size, lr=lr,
+                      warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, save_at=save_at,
+                      seed=seed, limit=limit, colors=colors, image_size=image_size, data_root=data_root)
+    final = do_pretrain(cfg, out, device=pick_device(device), quiet=ctx.find_root().params["quiet"], log=_log(ctx))
+    if final is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+        click.echo(f"checkpoint: {final}")
+
+
 @cli.group(context_settings=CONTEXT)
 def benchmark():
     """Measure our implementations against named references, in one run.

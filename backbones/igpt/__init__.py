@@ -20,7 +20,7 @@ from backbones.base import Backbone, BackboneOptions, DataSpec, state_dict_diges
 from bench.errors import BenchError
 
 from .model import SHAPES, IGPTConfig, ImageGPT
-from .palette import Palette
+from .palette import Palette, tokenize
 
 FEATURE_EPS = 1e-5
 
@@ -97,15 +97,7 @@ class IGPTBackbone(Backbone):
 
     def tokens(self, images: np.ndarray) -> np.ndarray:
         """uint8 images -> palette indices (N, H*W), after resizing to the model's resolution."""
-        import torch
-        import torch.nn.functional as F
-
-        if images.shape[1:3] != (self.height, self.width):
-            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-            x = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False,
-                              antialias=True)
-            images = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return self.palette.quantize(images)
+        return tokenize(images, self.palette, self.height, self.width)
 
     def preprocess(self, images: np.ndarray):
         import torch

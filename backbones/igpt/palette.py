@@ -110,3 +110,20 @@ class Palette:
         rgb = self.centers[np.asarray(idx)]
         px = np.clip(np.rint((rgb + 1.0) * 127.5), 0, 255).astype(np.uint8)
         return px.reshape(len(idx), height, width, self.channels)
+
+
+def tokenize(images: np.ndarray, palette: Palette, height: int, width: int, batch: int = 4096) -> np.ndarray:
+    """uint8 (N, H, W, C) -> palette indices (N, height*width) in raster order, resizing first
+    (bilinear, antialiased, rounded back to uint8) when the images have another size."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for s in range(0, len(images), batch):
+        part = images[s : s + batch]
+        if part.shape[1:3] != (height, width):
+            x = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+            part = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out.append(palette.quantize(part))
+    return np.concatenate(out) if out else np.zeros((0, height * width), dtype=np.int64)

@@ -43,7 +43,18 @@ def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
     """(model, palette, (height, width), source) from a transformers-format ImageGPT folder."""
     from backbones.weights import load_state_dict
 
+    from .checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint
+
     folder = Path(folder)
+    if folder.is_dir() and not is_checkpoint(folder) and (folder / "checkpoints").is_dir():
+        latest = latest_checkpoint(folder)  # a `bench pretrain` run folder: its latest checkpoint
+        if latest is None:
+            raise BenchError(f"training run {folder} has no checkpoint yet; wait for its first --save-at step")
+        folder = latest
+    if folder.is_dir() and is_checkpoint(folder):
+        model, palette, hw, meta = load_checkpoint(folder)
+        return model, palette, hw, {"weights": str(folder.resolve()), "format": "igpt-bench",
+                                    "step": meta.get("step")}
     if not folder.is_dir():
         raise BenchError(f"--weights {folder} is not a folder; pass a transformers-format ImageGPT folder "
                          "(config.json, model.safetensors or pytorch_model.bin, preprocessor_config.json)")

@@ -1,0 +1,226 @@
+"""Pretraining an Image GPT on a dataset's train split: next-token cross-entropy over palette
+indices, AdamW (betas 0.9, 0.95), linear warm-up then cosine decay, gradient clipping, bf16
+autocast on a GPU, validation bits/dim at each save.
+
+A run folder holds ``run.json`` (the settings; a rerun with other settings is refused),
+``palette.json``, ``log.jsonl`` and ``checkpoints/step-NNNNNNN/``. The same command after a kill
+continues from the last checkpoint (weights, optimizer, schedule, RNG, data position) and ends
+with the same weights as an uninterrupted run on the CPU. Under ``torchrun`` it trains with
+DistributedDataParallel: each rank takes an equal share of every global batch, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import BenchError
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
+from .model import SHAPES, IGPTConfig, ImageGPT
+from .palette import DEFAULT_COLORS, Palette, tokenize
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str
+    dataset: str
+    steps: int
+    batch_size: int
+    lr: float = 3e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    save_at: tuple[int, ...] = ()
+    seed: int = 0
+    limit: int | None = None
+    colors: int | None = None
+    image_size: int | None = None
+    data_root: str | None = None
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def batch_rows(step: int, n: int, batch: int, seed: int) -> np.ndarray:
+    """Rows of the global batch at ``step``: epochs are seeded permutations, last partial batch dropped."""
+    per_epoch = max(1, n // batch)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[k * batch : (k + 1) * batch]
+
+
+def bits_per_dim(model: ImageGPT, tokens, channels: int, batch_size: int = 64, device: str = "cpu") -> float:
+    """Mean negative log-likelihood of palette tokens in bits, per sub-pixel (token / channels)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(tokens), batch_size):
+            x = torch.as_tensor(tokens[s : s + batch_size], dtype=torch.long, device=device)
+            logits = model(with_sos(x, model.cfg.sos)).float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
+            count += x.numel()
+    return total / count / math.log(2) / channels
+
+
+def with_sos(tokens, sos: int):
+    import torch
+
+    start = torch.full((tokens.shape[0], 1), sos, dtype=tokens.dtype, device=tokens.device)
+    return torch.cat([start, tokens[:, :-1]], dim=1)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.backbone not in SHAPES:
+        from bench.errors import did_you_mean
+
+        raise BenchError(f"cannot pretrain {cfg.backbone!r}{did_you_mean(cfg.backbone, SHAPES)}; "
+                         f"choose one of {', '.join(SHAPES)}")
+    for name in ("steps", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be a positive integer")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise BenchError(f"--lr must be a positive number, got {cfg.lr}")
+    bad = [s for s in cfg.save_at if not 1 <= s <= cfg.steps]
+    if bad:
+        raise BenchError(f"--save-at steps must lie in 1..{cfg.steps} (--steps), got {bad[0]}")
+
+
+def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = False, log=print) -> Path:
+    """Train (or continue training) into ``out``; returns the final checkpoint folder."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from bench.datasets import load_split
+    from bench.runtime import progress_bar
+    from bench.store import check_writable
+
+    _validate(cfg)
+    out = Path(out)
+    check_writable(out / "run.json", "--out")
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    if (out / "run.json").exists():
+        old = json.loads((out / "run.json").read_text())
+        if old != settings:
+            diff = [k for k in settings if old.get(k) != settings[k]]
+            raise BenchError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                             "rerun with the same settings to resume, or choose another --out")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise BenchError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+    main = rank == 0
+
+    train = load_split(cfg.dataset, "train", cfg.data_root, cfg.limit, cfg.seed)
+    val = load_split(cfg.dataset, "val", cfg.data_root, cfg.limit, cfg.seed)
+    channels = train.images.shape[-1]
+    h = w = cfg.image_size or max(train.images.shape[1:3])
+
+    latest = latest_checkpoint(out)
+    if latest is not None:
+        palette = Palette.load(latest / "palette.json")
+    else:
+        palette = Palette.fit(train.images, cfg.colors or DEFAULT_COLORS[channels], seed=cfg.seed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(settings, indent=1))
+        palette.save(out / "palette.json")
+
+    train_tok, val_tok = tokenize(train.images, palette, h, w), tokenize(val.images, palette, h, w)
+
+    torch.manual_seed(cfg.seed)
+    mcfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **SHAPES[cfg.backbone])
+    model = ImageGPT(mcfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    start = 0
+    if latest is not None:
+        loaded, _, _, meta = load_checkpoint(latest)
+        model.load_state_dict(loaded.state_dict())
+        state = load_train_state(latest)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        if main:
+            log(f"resuming {out} at step {start}")
+    model.to(device)
+    for st in opt.state.values():  # optimizer moments follow the model to its device
+        for k, v in st.items():
+            if torch.is_tensor(v) and k != "step":
+                st[k] = v.to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _nullcontext()
+    saves = set(cfg.save_at) | {cfg.steps}
+    per_rank = cfg.batch_size // world
+    t0 = time.time()
+    final = None
+    with progress_bar(f"pretrain {cfg.backbone} on {cfg.dataset}", cfg.steps, quiet or not main) as bar:
+        bar.advance(start)
+        for step in range(start, cfg.steps):
+            model.train()
+            rows = batch_rows(step, len(train_tok), cfg.batch_size, cfg.seed)[rank * per_rank : (rank + 1) * per_rank]
+            x = torch.as_tensor(train_tok[np.sort(rows)], dtype=torch.long, device=device)
+            with autocast:
+                logits = net(with_sos(x, mcfg.sos))
+            loss = F.cross_entropy(logits.float().reshape(-1, mcfg.n_colors), x.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            bar.advance(1)
+            done = step + 1
+            if done in saves:
+                if main:
+                    bpd = bits_per_dim(model, val_tok, channels, device=device)
+                    state = {"step": done, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "torch_rng": torch.get_rng_state(),
+                             "data": {"epoch_rows": len(train_tok), "next_step": done}}
+                    final = save_checkpoint(out / "checkpoints" / f"step-{done:07d}", model, palette, (h, w),
+                                            train_state=state, extra={"step": done, "val_bits_per_dim": bpd,
+                                                                      "train": settings})
+                    rec = {"step": done, "train_loss": round(loss.item(), 5), "val_bits_per_dim": round(bpd, 5),
+                           "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 2)}
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    log(f"step {done}: train loss {loss.item():.4f}, val {bpd:.4f} bits/dim")
+                if world > 1:
+                    dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return final or latest_checkpoint(out)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,103 @@
+"""Pretraining an Image GPT: checkpoints, resume after SIGKILL, DDP under torchrun, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import assert_user_error
+
+ARGS = ["pretrain", "-b", "igpt-tiny", "-d", "digits", "--limit", "300", "--steps", "60", "--batch-size", "16",
+        "--warmup", "10", "--save-at", "20,40"]
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "checkpoints" / "step-0000060" / "model.safetensors"))
+
+
+def test_pretrain_writes_usable_checkpoints_and_lowers_bits_per_dim(bench, tmp_path):
+    out = tmp_path / "run"
+    r = bench("-q", *ARGS, "--out", out)
+    assert r.code == 0, r
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [20, 40, 60]
+    assert log[-1]["val_bits_per_dim"] < log[0]["val_bits_per_dim"]
+    meta = json.loads((out / "checkpoints" / "step-0000040" / "igpt.json").read_text())
+    assert meta["step"] == 40 and meta["image"] == [8, 8] and meta["config"]["n_colors"] == 16
+    # Every checkpoint (or the run folder: its latest) is usable as --weights.
+    for w in (out / "checkpoints" / "step-0000020", out):
+        r = bench("-q", "extract", "-b", "igpt", "--weights", w, "-d", "digits", "--split", "test", "--limit", "20",
+                  "--layers", "h2", "--out", tmp_path / f"{w.name}.h5")
+        assert r.code == 0, r
+
+
+def test_sigkill_then_same_command_continues_to_the_same_weights(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cmd = [sys.executable, "-m", "bench", "-q", *ARGS]
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_ckpt = killed / "checkpoints" / "step-0000020"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not first_ckpt.exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step-0000060").exists()
+
+    again = subprocess.run(cmd + ["--out", str(killed)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    ref = subprocess.run(cmd + ["--out", str(clean)], capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    a, b = _weights(killed), _weights(clean)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "bench", "-q", *ARGS, "--out", str(ddp), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "bench", "-q", *ARGS, "--out", str(single), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    a, b = _weights(ddp), _weights(single)
+    for k in a:  # gradients averaged over two equal halves equal the full-batch gradient
+        torch.testing.assert_close(a[k], b[k], atol=2e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--save-at", "0,20"], ["--save-at", "1..60"]),
+    (["--save-at", "20,x"], ["--save-at"]),
+    (["--steps", "0"], ["--steps"]),
+    (["--lr", "-1"], ["--lr"]),
+])
+def test_bad_pretrain_values(bench, tmp_path, extra, fragments):
+    args = list(ARGS)
+    for flag in ("--save-at", "--steps"):
+        if flag in extra and flag in args:
+            i = args.index(flag)
+            del args[i : i + 2]
+    r = bench(*args, *extra, "--out", tmp_path / "run")
+    assert_user_error(r, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_shape_and_changed_settings_are_refused(bench, tmp_path):
+    r = bench("pretrain", "-b", "igpt-tinny", "-d", "digits", "--steps", "5", "--out", tmp_path / "x")
+    assert_user_error(r, "did you mean", "igpt-tiny")
+    out = tmp_path / "run"
+    assert bench("-q", *ARGS, "--out", out).code == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    r = bench("-q", *ARGS[:-2], "--save-at", "30", "--out", out)
+    assert_user_error(r, "other settings", "save_at")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
