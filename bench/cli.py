@@ -318,6 +318,100 @@ def compare(a, b, fmt_name):
         click.echo(text.rstrip("\n"))
 
 
+def _generative_backbone(backbone, bopts, spec):
+    from backbones.base import create_backbone
+
+    bb = create_backbone(backbone, spec, bopts)
+    if not getattr(bb, "generative", False):
+        raise BenchError(f"backbone {backbone!r} cannot generate images; use an igpt backbone with --weights")
+    return bb
+
+
+def _png_out(out):
+    from bench.store import check_writable
+
+    if not str(out).lower().endswith(".png"):
+        raise BenchError(f"--out {out} must name a .png file")
+    check_writable(out, "--out")
+
+
+@cli.command(context_settings=CONTEXT)
+@backbone_options
+@click.option("--n", "n", type=int, default=64, show_default=True, help="How many images to sample (1..1024).")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature, > 0.")
+@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely colors (1..palette size).")
+@click.option("--cols", type=click.IntRange(min=1), default=8, show_default=True, help="Images per row of the grid.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file for the grid.")
+@runtime_options
+@click.pass_context
+def sample(ctx, backbone, bopts, seed, n, temperature, top_k, cols, out, batch_size, device):
+    """Draw unconditional samples from a generative backbone into a PNG grid.
+
+    \b
+    Example:
+      bench sample -b igpt --weights runs/tiny --n 64 --temperature 1.0 --top-k 8 --out samples.png
+    """
+    from backbones.base import DataSpec
+    from bench.grid import save_grid
+
+    if not 1 <= n <= 1024:
+        raise BenchError(f"--n must lie in 1..1024, got {n}")
+    if not bopts.weights:
+        raise BenchError("bench sample needs --weights (a checkpoint, run folder or ImageGPT folder)")
+    _png_out(out)
+    bb = _generative_backbone(backbone, bopts, DataSpec(1, 1, 1)).to(device)
+    images = bb.sample(n, temperature, top_k, seed)
+    click.echo(f"wrote {save_grid(images, min(cols, n), out)}")
+
+
+@cli.command(context_settings=CONTEXT)
+@backbone_options
+@data_options
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Split to take images from.")
+@click.option("--n", "n", type=int, default=8, show_default=True, help="How many images to complete (1..256).")
+@click.option("--keep-rows", type=int, required=True, help="Rows of each image the model keeps (1..height-1).")
+@click.option("--samples", type=int, default=4, show_default=True, help="Completions per image (1..32).")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature, > 0.")
+@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely colors.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file: original | kept rows | completions per row.")
+@runtime_options
+@click.pass_context
+def complete(ctx, backbone, bopts, seed, dataset, data_root, limit, split, n, keep_rows, samples, temperature,
+             top_k, out, batch_size, device):
+    """Complete the top rows of real images, as in the Image GPT blog.
+
+    Each row of the grid: the original, what the model was shown, then its completions.
+
+    \b
+    Example:
+      bench complete -b igpt --weights runs/tiny -d digits --n 8 --keep-rows 4 --samples 4 --out completions.png
+    """
+    import numpy as np
+
+    from backbones.base import DataSpec
+    from bench.datasets import load_split
+    from bench.grid import save_grid
+
+    if not 1 <= n <= 256:
+        raise BenchError(f"--n must lie in 1..256, got {n}")
+    if not 1 <= samples <= 32:
+        raise BenchError(f"--samples must lie in 1..32, got {samples}")
+    _png_out(out)
+    data = load_split(dataset, split, data_root, limit if limit else None, seed)
+    bb = _generative_backbone(backbone, bopts, DataSpec.of(data.images)).to(device)
+    idx = np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False)
+    originals = data.images[np.sort(idx)]
+    comps = bb.complete(originals, keep_rows, samples, temperature, top_k, seed)
+    shown = bb.palette.dequantize(bb.tokens(originals), bb.height, bb.width)
+    truth = shown.copy()
+    shown[:, keep_rows:] = 255 // 2  # what the model saw: the kept rows, the rest grey
+    if shown.shape[-1] != comps.shape[-1]:
+        truth, shown = (np.repeat(a, comps.shape[-1], axis=-1) for a in (truth, shown))
+    rows = np.concatenate([truth[:, None], shown[:, None], comps], axis=1)
+    path = save_grid(rows.reshape(-1, *rows.shape[2:]), rows.shape[1], out)
+    click.echo(f"wrote {path}")
+
+
 def _int_list(ctx, param, value):
     if not value:
         return ()
@@ -414,6 +508,37 @@ def benchmark_probe(ctx, backbone, bopts, seed, dataset, data_root, limit, layer
                      "test sklearn": ste, "test delta": te - ste, "L2 ours": lam, "L2 sklearn": slam,
                      "s ours": t, "s sklearn": st, "speed-up": st / t})
     render(pd.DataFrame(rows), "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset} ({len(y['train'])} train rows)")
+
+
+@benchmark.command("sample", context_settings=CONTEXT)
+@backbone_options
+@click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Images to sample.")
+@runtime_options
+def benchmark_sample(backbone, bopts, seed, n, batch_size, device):
+    """KV-cached sampling vs recomputing the whole prefix at every step: same tokens, speed ratio.
+
+    \b
+    Example:
+      bench benchmark sample -b igpt --weights runs/tiny --n 16
+    """
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from backbones.base import DataSpec
+    from bench.report import render
+
+    bb = _generative_backbone(backbone, bopts, DataSpec(1, 1, 1)).to(device)
+    times, outs = {}, {}
+    for name, cache in (("kv-cache", True), ("full recompute", False)):
+        t = time.perf_counter()
+        outs[name] = bb.sample(n, 1.0, None, seed, use_cache=cache)
+        times[name] = time.perf_counter() - t
+    same = bool(np.array_equal(outs["kv-cache"], outs["full recompute"]))
+    df = pd.DataFrame([{"method": k, "seconds": v, "speed-up vs full": times["full recompute"] / v,
+                        "same images": same} for k, v in times.items()])
+    render(df, "table", title=f"sampling {n} images of {bb.height}x{bb.width} · {backbone} · {device}")
 
 
 def main(argv=None) -> None:

@@ -18,10 +18,17 @@ RESULTS_VERSION = 1
 
 
 def results_path(results_dir: str | Path, backbone: str, dataset: str, task: str, seed: int,
-                 limit: int | None) -> Path:
-    """One file per (backbone, dataset, task, seed, limit): a rerun replaces its own file."""
+                 limit: int | None, options_changed: dict | None = None) -> Path:
+    """One file per (backbone, dataset, task, seed, limit, non-default task options): a rerun
+    replaces its own file."""
+    import hashlib
+    import json
+
     safe = backbone.replace("/", "--")
     tail = f"__n{limit}" if limit else ""
+    if options_changed:
+        blob = json.dumps(options_changed, sort_keys=True, default=str).encode()
+        tail += "__o" + hashlib.sha256(blob).hexdigest()[:8]
     return Path(results_dir) / f"{safe}__{dataset}__{task}__seed{seed}{tail}.json"
 
 

@@ -43,6 +43,10 @@ def fmt(v) -> str:
 def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.DataFrame:
     """One row per layer with the task's (split, metric) columns; a '*' marks the best val layer."""
     df = frame(records)
+    columns = dict(columns)
+    for split, metric in df[["split", "metric"]].drop_duplicates().itertuples(index=False):
+        columns.setdefault((split, metric), f"{split} {metric}")
+    columns = {k: v for k, v in columns.items() if ((df.split == k[0]) & (df.metric == k[1])).any()}
     rows = []
     for layer, g in df.groupby("layer", sort=False):
         row = {"layer": layer}
@@ -51,8 +55,9 @@ def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.Da
             row[header] = hit.value.iloc[0] if len(hit) else None
         rows.append(row)
     out = pd.DataFrame(rows)
-    first = next(iter(columns.values()), None)
-    if first is not None and len(out) and out[first].notna().any():
+    first_key = next(iter(columns), None)
+    first = columns.get(first_key)
+    if first_key and first_key[1] == "top1" and len(out) > 1 and out[first].notna().any():
         best = out[first].astype(float).idxmax()
         out.loc[best, "layer"] = f"{out.loc[best, 'layer']} *"
     return out

@@ -40,14 +40,29 @@ def run(
     t0 = time.time()
     task_obj = TASKS.get(task)()
     topts = task_obj.parse_options(task_options)
-    out = results_path(results_dir, backbone, dataset, task, seed, limit)
-    bb, layer_list, data, acts, how = extract_splits(
-        backbone=backbone, dataset=dataset, splits=task_obj.splits, options=options, layers=layers,
-        data_root=data_root, limit=limit, seed=seed, batch_size=batch_size, device=device,
-        cache_dir=cache_dir, quiet=quiet, log=log, before_work=lambda: check_writable(out, "--results folder"),
-    )
-    t_extract = time.time() - t0
-    raw = task_obj.run(acts, layer_list, options=topts, seed=seed, device=device, quiet=quiet)
+    changed = {k: v for k, v in topts.items() if v != task_obj.parse_options(())[k]}
+    out = results_path(results_dir, backbone, dataset, task, seed, limit, changed)
+    if getattr(task_obj, "reads", "activations") == "model":
+        # A task that holds the model (generative scores): no activation files.
+        splits = task_obj.splits_for(topts)
+        data = {s: load_split(dataset, s, data_root, limit, seed) for s in splits}
+        bb = create_backbone(backbone, DataSpec.of(data[splits[0]].images), options)
+        if not getattr(bb, "generative", False):
+            raise BenchError(f"task {task!r} needs a generative backbone (e.g. igpt); {backbone!r} is not one")
+        check_writable(out, "--results folder")
+        bb.to(device)
+        layer_list, acts, how = ["model"], {}, {s: "model" for s in splits}
+        t_extract = time.time() - t0
+        raw = task_obj.run_model(bb, data, options=topts, seed=seed, quiet=quiet)
+    else:
+        splits = task_obj.splits
+        bb, layer_list, data, acts, how = extract_splits(
+            backbone=backbone, dataset=dataset, splits=splits, options=options, layers=layers,
+            data_root=data_root, limit=limit, seed=seed, batch_size=batch_size, device=device,
+            cache_dir=cache_dir, quiet=quiet, log=log, before_work=lambda: check_writable(out, "--results folder"),
+        )
+        t_extract = time.time() - t0
+        raw = task_obj.run(acts, layer_list, options=topts, seed=seed, device=device, quiet=quiet)
     if not raw:
         raise BenchError(f"task {task!r} produced no results")
 
@@ -63,8 +78,8 @@ def run(
     run_info = {
         **stamp,
         "backbone_provenance": bb.provenance(),
-        "splits": {s: {"rows": len(data[s]), "activations": str(acts[s].path), "cache": how[s],
-                       "data": data[s].info} for s in task_obj.splits},
+        "splits": {s: {"rows": len(data[s]), "activations": str(acts[s].path) if s in acts else None,
+                       "cache": how[s], "data": data[s].info} for s in splits},
         "seconds": {"extract": round(t_extract, 3), "total": round(time.time() - t0, 3)},
     }
     path = write_results(out, run_info, records)

@@ -41,8 +41,9 @@ def test_report_and_compare_through_the_real_console_script(tmp_path):
     assert set(df[df.metric == "top1"].split) == {"val", "test"}
     md = bench_subprocess("report", res, "--format", "md", "--best")
     assert md.code == 0 and md.out.startswith("| backbone |") and "best by val" in md.out
-    a = res / "pixels__digits__linear-probe__seed0__n300.json"
-    b = res / "resnet18__digits__linear-probe__seed0__n300.json"
+    # Non-default task options give the file a suffix of their own, so runs never overwrite each other.
+    (a,) = res.glob("pixels__digits__linear-probe__seed0__n300__o*.json")
+    (b,) = res.glob("resnet18__digits__linear-probe__seed0__n300__o*.json")
     c = bench_subprocess("compare", a, b, "--format", "csv")
     assert c.code == 0, c
     cmp = pd.read_csv(__import__("io").StringIO(c.out))

@@ -180,3 +180,26 @@ def test_igpt_runs_through_the_cli(bench, tmp_path):
     assert r.code == 0, r
     for layer in ("h0", "h4", "final"):
         assert layer in r.out
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_igpt_weights_carrying_code_are_refused_unrun(bench, tmp_path):
+    import pickle
+
+    folder = tmp_path / "evil"
+    _save_reference(folder, 16, 8, 8, 24, 2, 3)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"transformer.wte.weight": _Evil(str(marker))}, f)
+    r = bench("-q", "extract", "-b", "igpt", "--weights", folder, "-d", "digits", "--split", "test",
+              "--out", tmp_path / "a.h5")
+    assert_user_error(r, "refused", "not run")
+    assert not marker.exists() and not (tmp_path / "a.h5").exists()

@@ -125,6 +125,53 @@ class IGPTBackbone(Backbone):
                 out[l] = h.mean(1)
         return out
 
+    # -- generative side -------------------------------------------------------------------------
+    generative = True
+
+    def bits_per_dim(self, images: np.ndarray, batch_size: int = 64) -> float:
+        """Mean NLL of the palette tokens, in bits per sub-pixel (a token is one pixel of C
+        sub-pixels): a property of the quantized image, not of the raw 8-bit one."""
+        from .train import bits_per_dim
+
+        return bits_per_dim(self.model, self.tokens(images), images.shape[-1], batch_size, self.device)
+
+    def _check_sampling(self, temperature: float, top_k: int | None) -> None:
+        if not (temperature > 0 and np.isfinite(temperature)):
+            raise BenchError(f"--temperature must be a positive number, got {temperature}")
+        if top_k is not None and not 1 <= top_k <= self.palette.n_colors:
+            raise BenchError(f"--top-k must lie in 1..{self.palette.n_colors} (the palette size), got {top_k}")
+
+    def _to_images(self, tokens) -> np.ndarray:
+        return self.palette.dequantize(tokens.cpu().numpy(), self.height, self.width)
+
+    def sample(self, n: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+               use_cache: bool = True) -> np.ndarray:
+        """n unconditional samples as uint8 images (n, H, W, C)."""
+        import torch
+
+        from .sample import generate
+
+        self._check_sampling(temperature, top_k)
+        prefix = torch.zeros((n, 0), dtype=torch.long)
+        return self._to_images(generate(self.model, prefix, self.height * self.width, temperature=temperature,
+                                        top_k=top_k, seed=seed, use_cache=use_cache))
+
+    def complete(self, images: np.ndarray, keep_rows: int, samples: int, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """For each image, ``samples`` completions of its top ``keep_rows`` rows: (N, samples, H, W, C)."""
+        import torch
+
+        from .sample import generate
+
+        self._check_sampling(temperature, top_k)
+        if not 1 <= keep_rows < self.height:
+            raise BenchError(f"--keep-rows must lie in 1..{self.height - 1} (the model sees {self.height} rows), "
+                             f"got {keep_rows}")
+        tok = torch.from_numpy(self.tokens(images))
+        prefix = tok[:, : keep_rows * self.width].repeat_interleave(samples, dim=0)
+        out = generate(self.model, prefix, self.height * self.width, temperature=temperature, top_k=top_k, seed=seed)
+        return self._to_images(out).reshape(len(images), samples, self.height, self.width, -1)
+
     def config(self):
         return {
             "backbone": "igpt",
