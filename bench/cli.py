@@ -460,6 +460,40 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
         click.echo(f"checkpoint: {final}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the run, the results JSON and the completions PNG.")
+@click.option("--steps", type=click.IntRange(min=2), default=600, show_default=True, help="Pretraining steps of the tiny iGPT.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.pass_context
+def demo(ctx, results_dir, steps, seed, device):
+    """Pretrain a tiny iGPT on digits, probe it beside pixels and ResNet-18, draw completions.
+
+    \b
+    Example:
+      bench demo --results bench-results
+    """
+    import pandas as pd
+
+    from bench.demo import demo as do_demo
+    from bench.report import render, run_table
+    from bench.runtime import pick_device
+    from bench.store import check_writable
+
+    check_writable(__import__("pathlib").Path(results_dir) / "x.json", "--results folder")
+    records, run_dir, png = do_demo(results_dir, steps, seed, pick_device(device), ctx.find_root().params["quiet"],
+                                    _log(ctx))
+    cols = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "l2"): "chosen L2"}
+    parts = []
+    for backbone in dict.fromkeys(r["backbone"] for r in records):
+        t = run_table([r for r in records if r["backbone"] == backbone], cols)
+        t.insert(0, "backbone", backbone)
+        parts.append(t)
+    click.echo(f"iGPT run: {run_dir}\ncompletions: {png}")
+    render(pd.concat(parts, ignore_index=True), "table",
+           title="linear probe on digits (* = best val layer of each backbone)")
+
+
 @cli.group(context_settings=CONTEXT)
 def benchmark():
     """Measure our implementations against named references, in one run.

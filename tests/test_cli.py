@@ -91,3 +91,14 @@ def test_timm_prefix_names_the_same_model(bench, tmp_path):
               "--layers", "layer1", "--out", tmp_path / "a.h5")
     assert r.code == 0, r
     assert (tmp_path / "a.h5").is_file()
+
+
+def test_demo_pretrains_probes_three_backbones_and_draws_completions(bench, tmp_path):
+    r = bench("-q", "demo", "--steps", "20", "--results", tmp_path / "res")
+    assert r.code == 0, r
+    table = r.out[r.out.index("linear probe on digits"):]
+    for name in ("pixels", "resnet18", "igpt", "layer4", "h4", "final"):
+        assert name in table
+    assert (tmp_path / "res" / "demo-completions.png").is_file()
+    assert (tmp_path / "res" / "demo-igpt-tiny-digits" / "checkpoints" / "step-0000020").is_dir()
+    assert len(list((tmp_path / "res").glob("*__digits__linear-probe__seed0.json"))) == 3

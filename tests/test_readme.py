@@ -16,7 +16,7 @@ def test_readme_opens_with_two_one_line_commands():
     blocks = re.findall(r"```bash\n(.*?)\n```", head, flags=re.S)
     assert len(blocks) == 2 and all("\n" not in b for b in blocks)
     setup_and_run, tests = blocks
-    assert "bench run" in setup_and_run and "--dataset digits" in setup_and_run
+    assert setup_and_run.endswith("bench demo")
     assert "pytest" in tests
 
 
