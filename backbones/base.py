@@ -143,6 +143,4 @@ def create_backbone(name: str, spec: DataSpec, options: BackboneOptions | None =
     options = options or BackboneOptions()
     if options.image_size is not None and options.image_size < 1:
         raise BenchError(f"--image-size must be a positive integer, got {options.image_size}")
-    if options.weights is not None and not Path(options.weights).exists():
-        raise BenchError(f"weights {options.weights} do not exist; pass an existing --weights file or folder")
     return resolve(name).create(name, spec, options)

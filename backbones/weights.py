@@ -16,6 +16,8 @@ def load_state_dict(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
+    if not path.exists():
+        raise BenchError(f"weights {path} do not exist; pass an existing --weights file")
     if path.is_dir():
         raise BenchError(f"--weights {path} is a folder; this backbone takes a weights file")
     if path.suffix == ".safetensors":

@@ -203,3 +203,36 @@ def test_pickled_igpt_weights_carrying_code_are_refused_unrun(bench, tmp_path):
               "--out", tmp_path / "a.h5")
     assert_user_error(r, "refused", "not run")
     assert not marker.exists() and not (tmp_path / "a.h5").exists()
+
+
+def test_openai_kmeans_centers_npy_loads(tmp_path):
+    centers = np.random.default_rng(0).uniform(-1, 1, size=(512, 3)).astype(np.float32)
+    np.save(tmp_path / "kmeans_centers.npy", centers)
+    pal = Palette.load(tmp_path / "kmeans_centers.npy")
+    np.testing.assert_array_equal(pal.centers, centers)
+
+
+def test_hub_id_not_cached_offline_says_what_to_do(bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    r = bench("-q", "extract", "-b", "igpt", "--weights", "openai/imagegpt-small", "-d", "digits",
+              "--split", "test", "--out", tmp_path / "a.h5")
+    assert_user_error(r, "openai/imagegpt-small", "Hugging Face cache")
+
+
+def test_rgb_data_under_a_grayscale_palette_is_refused(bench, tmp_path):
+    from PIL import Image
+
+    from backbones.igpt import uniform_palette
+    from backbones.igpt.checkpoint import save_checkpoint
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    model = ImageGPT(IGPTConfig(n_colors=16, n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    ckpt = save_checkpoint(tmp_path / "gray", model, uniform_palette(1), (8, 8))
+    r = bench("-q", "extract", "-b", "igpt", "--weights", ckpt, "-d", "imagefolder", "--data-root",
+              tmp_path / "imgs", "--split", "train", "--out", tmp_path / "a.h5")
+    assert_user_error(r, "RGB data under a grayscale palette")
+    assert not (tmp_path / "a.h5").exists()

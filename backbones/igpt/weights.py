@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 from bench.errors import BenchError
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 from .model import IGPTConfig, ImageGPT, from_transformers_state_dict
 from .palette import Palette
@@ -46,6 +50,11 @@ def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
     from .checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint
 
     folder = Path(folder)
+    if not folder.exists() and HUB_ID.fullmatch(str(folder)):
+        folder = _from_hub(str(folder))
+    elif not folder.exists():
+        raise BenchError(f"weights {folder} do not exist; pass an ImageGPT folder, a checkpoint, a run folder "
+                         "or a hub id such as openai/imagegpt-small")
     if folder.is_dir() and not is_checkpoint(folder) and (folder / "checkpoints").is_dir():
         latest = latest_checkpoint(folder)  # a `bench pretrain` run folder: its latest checkpoint
         if latest is None:
@@ -87,3 +96,20 @@ def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
 
     apply_state_dict(model, sd, "igpt", weights)
     return model, palette, (int(h), int(w)), {"weights": str(weights.resolve()), "format": "transformers"}
+
+
+def _from_hub(repo_id: str) -> Path:
+    """A hub id resolved by huggingface_hub: the local cache first, the network when allowed."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    err: Exception | None = None
+    for local_only in ([True] if offline else [True, False]):
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))
+        except Exception as e:  # noqa: BLE001 - hub errors come in many types
+            err = e
+    first = str(err).splitlines()[0][:160] if err and str(err) else type(err).__name__
+    raise BenchError(f"{repo_id} is neither a local folder nor in the Hugging Face cache, and could not be "
+                     f"downloaded ({first}); download it where there is network, or pass a local folder")
