@@ -10,7 +10,7 @@ from backbones.base import Backbone
 from bench.datasets import SplitData
 from bench.provenance import git_commit, now, versions
 from bench.runtime import progress_bar
-from bench.store import ActivationFile, cache_path, check_writable, data_digest, write_activations
+from bench.store import ActivationFile, cache_path, check_writable, data_digest, find_superset, write_activations
 
 
 def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int) -> dict:
@@ -43,6 +43,10 @@ def extract(
     """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default)."""
     layers = backbone.check_layers(layers)
     ident = identity_of(backbone, data, layers, limit, seed)
+    if not out:
+        reusable = find_superset(ident, cache_dir)
+        if reusable is not None:
+            return reusable, "reused (a cached file with more layers)"
     path = Path(out) if out else cache_path(ident, cache_dir)
     check_writable(path, "--out" if out else "cache folder ($BENCH_CACHE)")
     widths = backbone.layer_widths()

@@ -56,6 +56,24 @@ def cache_path(identity: dict, cache_dir: Path | None = None) -> Path:
     return base / safe / identity["fingerprint"][:16] / name
 
 
+def find_superset(identity: dict, cache_dir: Path | None = None) -> ActivationFile | None:
+    """A finished cached file with the same identity but more layers, if there is one: asking
+    for a subset of layers already extracted costs nothing."""
+    folder = cache_path(identity, cache_dir).parent
+    if not folder.is_dir():
+        return None
+    want = set(identity["layers"])
+    for path in sorted(folder.glob("*.h5")):
+        try:
+            act = open_activations(path)
+        except BenchError:
+            continue
+        other = dict(act.identity, layers=identity["layers"])
+        if other == identity and want <= set(act.layers):
+            return act
+    return None
+
+
 def check_writable(path: Path, what: str = "--out") -> None:
     """Fail early, before any work, if ``path`` cannot be created (probes with a temporary file
     in the nearest existing folder, so it also holds for root and read-only mounts)."""
@@ -191,7 +209,8 @@ def write_activations(
     if partial.exists():
         try:
             a = _read_attrs(partial)
-            if a["identity"] == identity and int(a.get("batch_size", -1)) == batch_size:
+            if (a["identity"] == identity and int(a.get("batch_size", -1)) == batch_size
+                    and set(widths) <= set(a["_layers_present"])):
                 start = int(a["rows_done"])
             else:
                 log(f"discarding {partial}: it was made by another configuration")
@@ -201,7 +220,7 @@ def write_activations(
             partial.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    mode = "a" if start > 0 or partial.exists() else "w"
+    mode = "a" if start > 0 else "w"  # with no finished batch there is nothing worth keeping
     with h5py.File(partial, mode) as f:
         if mode == "w":
             f.attrs.update({

@@ -126,3 +126,13 @@ def test_stale_partial_in_the_cache_is_discarded_not_mixed(bench, isolated_cache
     r = bench(*args)
     assert r.code == 0 and "discarding" in r.err and "extracted" in r.out
     np.testing.assert_array_equal(open_activations(path).read("pixels"), ref)
+
+
+def test_a_subset_of_cached_layers_reuses_the_bigger_file(bench):
+    args = ("-q", "extract", "-b", "resnet18", "-d", "digits", "--split", "test", "--limit", "50")
+    first = bench(*args, "--layers", "all")
+    assert first.code == 0 and first.out.startswith("extracted")
+    sub = bench(*args, "--layers", "layer2,layer4")
+    assert sub.code == 0 and sub.out.startswith("reused (a cached file with more layers)")
+    other_seed = bench(*args, "--layers", "layer2", "--seed", "1")  # other random init: other fingerprint
+    assert other_seed.out.startswith("extracted")
