@@ -86,7 +86,12 @@ def render(df: pd.DataFrame, fmt_name: str = "table", title: str | None = None, 
         t.add_column(str(c), justify="right" if numeric else "left")
     for _, r in df.iterrows():
         t.add_row(*(fmt(r[c]) for c in df.columns))
-    (console or Console()).print(t)
+    if console is None:
+        import sys
+
+        # A pipe or file gets the whole table rather than columns squeezed to 80 characters.
+        console = Console() if sys.stdout.isatty() else Console(width=max(100, len(df.columns) * 14))
+    console.print(t)
     return None
 
 
