@@ -69,3 +69,21 @@ def need_fashion_mnist():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{FASHION_DIR} is missing in CI; .ci/run must install dataset-fashion-mnist")
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+
+
+class _CodeCarrier:
+    """Unpickling this creates ``marker``: the proof that a loader ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_code_carrying_pickle(path, key, marker):
+    """A 'weights' file whose single entry runs code when unpickled."""
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({key: _CodeCarrier(str(marker))}, f)

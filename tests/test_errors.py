@@ -1,11 +1,9 @@
 """Bad input a user can give: one line on stderr, exit code 2, no traceback, nothing half-written."""
 
-import pickle
-
 import pytest
 import torch
 
-from tests.conftest import assert_user_error
+from tests.conftest import assert_user_error, write_code_carrying_pickle
 
 RUN = ("run", "-t", "linear-probe", "-d", "digits")
 
@@ -80,19 +78,10 @@ def test_weights_of_the_wrong_architecture(bench, tmp_path):
     assert _nothing_written(tmp_path)
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickled_weights_carrying_code_are_refused_unrun(bench, tmp_path):
     marker = tmp_path / "pwned"
     w = tmp_path / "evil.pth"
-    with open(w, "wb") as f:
-        pickle.dump({"conv1.weight": _Evil(str(marker))}, f)
+    write_code_carrying_pickle(w, "conv1.weight", marker)
     r = bench(*RUN, "-b", "resnet18", "--weights", w, "--results", tmp_path / "res")
     assert_user_error(r, "refused", "not run")
     assert not marker.exists()

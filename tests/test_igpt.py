@@ -10,7 +10,7 @@ from backbones.base import BackboneOptions, DataSpec, create_backbone
 from backbones.igpt.model import IGPTConfig, ImageGPT
 from backbones.igpt.palette import Palette
 from bench.errors import BenchError
-from tests.conftest import assert_user_error
+from tests.conftest import assert_user_error, write_code_carrying_pickle
 
 transformers = pytest.importorskip("transformers")
 
@@ -182,23 +182,12 @@ def test_igpt_runs_through_the_cli(bench, tmp_path):
         assert layer in r.out
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickled_igpt_weights_carrying_code_are_refused_unrun(bench, tmp_path):
-    import pickle
-
     folder = tmp_path / "evil"
     _save_reference(folder, 16, 8, 8, 24, 2, 3)
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
-    with open(folder / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"transformer.wte.weight": _Evil(str(marker))}, f)
+    write_code_carrying_pickle(folder / "pytorch_model.bin", "transformer.wte.weight", marker)
     r = bench("-q", "extract", "-b", "igpt", "--weights", folder, "-d", "digits", "--split", "test",
               "--out", tmp_path / "a.h5")
     assert_user_error(r, "refused", "not run")
