@@ -11,13 +11,13 @@ mean/std; all of that enters the fingerprint.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 
 import numpy as np
 
 from backbones.base import Backbone, BackboneOptions, DataSpec, state_dict_digest
 from bench.errors import BenchError
+from bench.registry import match
 
 MIN_RANDOM_INIT_SIZE = 32
 
@@ -42,11 +42,7 @@ class TimmBackbone(Backbone):
     def list_names(pattern: str | None = None) -> list[str]:
         import timm
 
-        names = timm.list_models()
-        if pattern:
-            pat = pattern.removeprefix("timm/")
-            names = [n for n in names if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(n, pattern)]
-        return names
+        return match(timm.list_models(), pattern and pattern.removeprefix("timm/"))
 
     # -- one model ---------------------------------------------------------------------------
     def __init__(self, name, model, spec: DataSpec, options: BackboneOptions, image_size: int):
@@ -163,10 +159,9 @@ def _create_pretrained(arch: str, kwargs: dict):
     import timm
     from huggingface_hub import constants
 
-    offline_wanted = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    attempts = [True] if offline_wanted else [True, False]
-    err: Exception | None = None
-    for offline in attempts:
+    from backbones.weights import hub_cache_first
+
+    def fetch(offline: bool):
         saved = constants.HF_HUB_OFFLINE
         constants.HF_HUB_OFFLINE = offline
         try:
@@ -174,20 +169,25 @@ def _create_pretrained(arch: str, kwargs: dict):
         except RuntimeError as e:
             if "No pretrained weights" in str(e):
                 raise BenchError(f"timm has no pretrained weights for {arch!r}; drop --pretrained or pass --weights FILE") from None
-            err = e
-        except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-            err = e
+            raise
         finally:
             constants.HF_HUB_OFFLINE = saved
-    raise _not_cached(arch, err) from None
+
+    try:
+        return hub_cache_first(fetch)
+    except BenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
+        raise _not_cached(arch, e) from None
 
 
 def _not_cached(arch: str, e: Exception) -> BenchError:
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
     )
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    from backbones.weights import first_line
+
     return BenchError(
         f"pretrained weights for {arch!r} are not in the Hugging Face cache ({cache}) and could not "
-        f"be downloaded ({first[:160]}); fetch them where there is network, or pass --weights FILE"
+        f"be downloaded ({first_line(e)}); fetch them where there is network, or pass --weights FILE"
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from bench.errors import BenchError
+
+T = TypeVar("T")
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -70,3 +74,24 @@ def apply_state_dict(model, state_dict: dict, backbone: str, path: str | Path) -
             + "; pass weights saved from the same architecture and input channels"
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def hub_cache_first(fetch: Callable[[bool], T]) -> T:
+    """``fetch(offline=True)`` reads the local Hugging Face cache; only when that fails, and
+    ``HF_HUB_OFFLINE`` is not set, ``fetch(offline=False)`` may use the network. A BenchError
+    passes straight through; otherwise the last attempt's error is raised for the caller to word."""
+    offline_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    err: Exception | None = None
+    for offline in ([True] if offline_only else [True, False]):
+        try:
+            return fetch(offline)
+        except BenchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hub and network errors come in many types
+            err = e
+    assert err is not None
+    raise err
+
+
+def first_line(e: Exception, limit: int = 160) -> str:
+    return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:limit]

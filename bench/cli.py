@@ -104,7 +104,7 @@ def backbones_list(pattern):
     Example:
       bench backbones list 'convnext_*'
     """
-    from bench.registry import BACKBONES
+    from bench.registry import BACKBONES, match
     from rich.table import Table
 
     t = Table("name", "source", "about")
@@ -113,7 +113,7 @@ def backbones_list(pattern):
         if getattr(obj, "family", False):
             for member in obj.list_names(pattern):
                 t.add_row(member, name, "")
-        elif not pattern or __import__("fnmatch").fnmatchcase(name, pattern):
+        elif match([name], pattern):
             t.add_row(name, BACKBONES.source(name), getattr(obj, "description", ""))
     if not t.row_count:
         raise BenchError(f"no backbone matches {pattern!r}; try a wider pattern such as '*{pattern}*'")
@@ -401,13 +401,7 @@ def complete(ctx, backbone, bopts, seed, dataset, data_root, limit, split, n, ke
     bb = _generative_backbone(backbone, bopts, DataSpec.of(data.images)).to(device)
     idx = np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False)
     originals = data.images[np.sort(idx)]
-    comps = bb.complete(originals, keep_rows, samples, temperature, top_k, seed)
-    shown = bb.palette.dequantize(bb.tokens(originals), bb.height, bb.width)
-    truth = shown.copy()
-    shown[:, keep_rows:] = 255 // 2  # what the model saw: the kept rows, the rest grey
-    if shown.shape[-1] != comps.shape[-1]:
-        truth, shown = (np.repeat(a, comps.shape[-1], axis=-1) for a in (truth, shown))
-    rows = np.concatenate([truth[:, None], shown[:, None], comps], axis=1)
+    rows = bb.completion_grid(originals, keep_rows, samples, temperature, top_k, seed)
     path = save_grid(rows.reshape(-1, *rows.shape[2:]), rows.shape[1], out)
     click.echo(f"wrote {path}")
 

@@ -39,10 +39,6 @@ def demo(results_dir: Path, steps: int, seed: int, device: str, quiet: bool, log
     bb = create_backbone("igpt", DataSpec.of(test.images), BackboneOptions(weights=str(run_dir))).to(device)
     pick = np.random.default_rng(seed).choice(len(test), 8, replace=False)
     originals = test.images[np.sort(pick)]
-    comps = bb.complete(originals, keep_rows=4, samples=4, temperature=1.0, seed=seed)
-    truth = bb.palette.dequantize(bb.tokens(originals), bb.height, bb.width)
-    shown = truth.copy()
-    shown[:, 4:] = 127
-    grid = np.concatenate([truth[:, None], shown[:, None], comps], axis=1)
+    grid = bb.completion_grid(originals, keep_rows=4, samples=4, temperature=1.0, seed=seed)
     png = save_grid(grid.reshape(-1, *grid.shape[2:]), grid.shape[1], results_dir / "demo-completions.png")
     return records, run_dir, png

@@ -32,6 +32,11 @@ class _Entry:
         return self.obj
 
 
+def match(names, pattern: str | None) -> list[str]:
+    """``names`` matching the fnmatch ``pattern`` (all of them when there is none), in order."""
+    return [n for n in names if not pattern or fnmatch.fnmatchcase(n, pattern)]
+
+
 class Registry:
     """A lazy mapping of names to plugin objects (classes or factories)."""
 
@@ -91,10 +96,7 @@ class Registry:
     # -- lookup -------------------------------------------------------------------------------
     def names(self, pattern: str | None = None) -> list[str]:
         self._scan()
-        names = sorted(self._entries)
-        if pattern:
-            names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        return names
+        return match(sorted(self._entries), pattern)
 
     def source(self, name: str) -> str:
         self._scan()

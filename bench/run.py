@@ -40,7 +40,8 @@ def run(
     t0 = time.time()
     task_obj = TASKS.get(task)()
     topts = task_obj.parse_options(task_options)
-    changed = {k: v for k, v in topts.items() if v != task_obj.parse_options(())[k]}
+    defaults = task_obj.parse_options(())
+    changed = {k: v for k, v in topts.items() if v != defaults[k]}
     out = results_path(results_dir, backbone, dataset, task, seed, limit, changed)
     if getattr(task_obj, "reads", "activations") == "model":
         # A task that holds the model (generative scores): no activation files.

@@ -18,8 +18,9 @@ import numpy as np
 
 from backbones.base import Backbone, BackboneOptions, DataSpec, state_dict_digest
 from bench.errors import BenchError
+from bench.registry import match
 
-from .model import SHAPES, IGPTConfig, ImageGPT
+from .model import SHAPES, IGPTConfig, ImageGPT, with_sos
 from .palette import Palette, tokenize
 
 FEATURE_EPS = 1e-5
@@ -44,10 +45,7 @@ class IGPTBackbone(Backbone):
 
     @staticmethod
     def list_names(pattern: str | None = None) -> list[str]:
-        import fnmatch
-
-        names = ["igpt", *SHAPES]
-        return [n for n in names if not pattern or fnmatch.fnmatchcase(n, pattern)]
+        return match(["igpt", *SHAPES], pattern)
 
     def __init__(self, name: str, model: ImageGPT, palette: Palette, height: int, width: int,
                  source: dict):
@@ -106,10 +104,7 @@ class IGPTBackbone(Backbone):
 
     def model_input(self, tokens):
         """[SOS, x1, …, x(n−1)]."""
-        import torch
-
-        sos = torch.full((tokens.shape[0], 1), self.model.cfg.sos, dtype=tokens.dtype, device=tokens.device)
-        return torch.cat([sos, tokens[:, :-1]], dim=1)
+        return with_sos(tokens, self.model.cfg.sos)
 
     def features(self, x, layers):
         import torch
@@ -171,6 +166,16 @@ class IGPTBackbone(Backbone):
         prefix = tok[:, : keep_rows * self.width].repeat_interleave(samples, dim=0)
         out = generate(self.model, prefix, self.height * self.width, temperature=temperature, top_k=top_k, seed=seed)
         return self._to_images(out).reshape(len(images), samples, self.height, self.width, -1)
+
+    def completion_grid(self, images: np.ndarray, keep_rows: int, samples: int, temperature: float = 1.0,
+                        top_k: int | None = None, seed: int = 0) -> np.ndarray:
+        """Rows of (original, what the model saw, completions…) as (N, 2 + samples, H, W, C):
+        the original and the shown image are quantized like the model's input, the hidden rows grey."""
+        comps = self.complete(images, keep_rows, samples, temperature, top_k, seed)
+        truth = self.palette.dequantize(self.tokens(images), self.height, self.width)
+        shown = truth.copy()
+        shown[:, keep_rows:] = 127
+        return np.concatenate([truth[:, None], shown[:, None], comps], axis=1)
 
     def config(self):
         return {

@@ -175,6 +175,12 @@ class ImageGPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+def with_sos(tokens, sos: int):
+    """The model input for palette tokens x1..xn: [SOS, x1, …, x(n−1)]."""
+    start = torch.full((tokens.shape[0], 1), sos, dtype=tokens.dtype, device=tokens.device)
+    return torch.cat([start, tokens[:, :-1]], dim=1)
+
+
 def from_transformers_state_dict(sd: dict, cfg: IGPTConfig) -> dict:
     """Rename (and transpose Conv1D weights of) a transformers ImageGPT state dict to ours."""
     out = {}

@@ -11,6 +11,7 @@ DistributedDataParallel: each rank takes an equal share of every global batch, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 from bench.errors import BenchError
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
-from .model import SHAPES, IGPTConfig, ImageGPT
+from .model import SHAPES, IGPTConfig, ImageGPT, with_sos
 from .palette import DEFAULT_COLORS, Palette, tokenize
 
 
@@ -76,13 +77,6 @@ def bits_per_dim(model: ImageGPT, tokens, channels: int, batch_size: int = 64, d
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
             count += x.numel()
     return total / count / math.log(2) / channels
-
-
-def with_sos(tokens, sos: int):
-    import torch
-
-    start = torch.full((tokens.shape[0], 1), sos, dtype=tokens.dtype, device=tokens.device)
-    return torch.cat([start, tokens[:, :-1]], dim=1)
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -175,7 +169,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
             if torch.is_tensor(v) and k != "step":
                 st[k] = v.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     saves = set(cfg.save_at) | {cfg.steps}
     per_rank = cfg.batch_size // world
     t0 = time.time()
@@ -217,10 +211,3 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
         dist.destroy_process_group()
     return final or latest_checkpoint(out)
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -102,14 +101,14 @@ def _from_hub(repo_id: str) -> Path:
     """A hub id resolved by huggingface_hub: the local cache first, the network when allowed."""
     from huggingface_hub import snapshot_download
 
+    from backbones.weights import first_line, hub_cache_first
+
     patterns = ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"]
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    err: Exception | None = None
-    for local_only in ([True] if offline else [True, False]):
-        try:
-            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))
-        except Exception as e:  # noqa: BLE001 - hub errors come in many types
-            err = e
-    first = str(err).splitlines()[0][:160] if err and str(err) else type(err).__name__
-    raise BenchError(f"{repo_id} is neither a local folder nor in the Hugging Face cache, and could not be "
-                     f"downloaded ({first}); download it where there is network, or pass a local folder")
+    try:
+        return Path(hub_cache_first(lambda offline: snapshot_download(
+            repo_id, allow_patterns=patterns, local_files_only=offline)))
+    except BenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        raise BenchError(f"{repo_id} is neither a local folder nor in the Hugging Face cache, and could not be "
+                         f"downloaded ({first_line(e)}); download it where there is network, or pass a local folder") from None
