@@ -416,7 +416,7 @@ def _int_list(ctx, param, value):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--backbone", "-b", required=True, help="iGPT shape to train: igpt-tiny, igpt-mini, igpt-s, ...")
+@click.option("--backbone", "-b", required=True, help="iGPT shape to train: igpt-tiny, igpt-mini, igpt-wide, igpt-s, ...")
 @data_options
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Optimizer steps in all.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per step (over all processes).")

@@ -16,6 +16,7 @@ def _pixels(d):
 
 
 def test_same_minimizer_as_sklearn_at_one_strength():
+    import torch
     from sklearn.linear_model import LogisticRegression
 
     d = load_split("digits", "train")
@@ -23,10 +24,19 @@ def test_same_minimizer_as_sklearn_at_one_strength():
     lam = 1e-3
     ours = LogisticRegressionLBFGS(10, tol=1e-7, max_iter=5000).fit(X, d.labels, lam)
     ref = LogisticRegression(C=1 / (lam * len(X)), tol=1e-8, max_iter=5000).fit(X, d.labels)
-    # sklearn's multinomial weights are defined up to a shift shared by all classes; ours too.
+
+    def objective(W, b):  # in float64, whatever precision the solver worked in
+        logp = torch.log_softmax(torch.as_tensor(X, dtype=torch.float64) @ torch.as_tensor(W, dtype=torch.float64)
+                                 + torch.as_tensor(b, dtype=torch.float64), dim=1)
+        return float(-logp[np.arange(len(X)), d.labels].mean() + 0.5 * lam * (torch.as_tensor(W, dtype=torch.float64) ** 2).sum())
+
+    # Our float32 fit reaches sklearn's float64 optimum to within float32 resolution of the loss ...
+    assert objective(ours.W.numpy(), ours.b.numpy()) - objective(ref.coef_.T, ref.intercept_) < 1e-6
+    # ... and the same weights, up to the shift shared by all classes (the objective is nearly flat
+    # along a few directions of constant pixels, hence the tolerance).
     w_ours = ours.W.numpy().T
     w_ref = ref.coef_
-    np.testing.assert_allclose(w_ours - w_ours.mean(0), w_ref - w_ref.mean(0), atol=2e-3)
+    np.testing.assert_allclose(w_ours - w_ours.mean(0), w_ref - w_ref.mean(0), atol=5e-3)
     assert (ours.predict(X) == ref.predict(X)).mean() > 0.999
 
 

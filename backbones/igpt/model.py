@@ -52,6 +52,7 @@ SHAPES = {
     "igpt-m": dict(n_embd=1024, n_layer=36, n_head=8),
     "igpt-l": dict(n_embd=1536, n_layer=48, n_head=16),
     "igpt-xl": dict(n_embd=3072, n_layer=60, n_head=16),
+    "igpt-wide": dict(n_embd=256, n_layer=4, n_head=8),
     "igpt-mini": dict(n_embd=128, n_layer=8, n_head=4),
     "igpt-tiny": dict(n_embd=64, n_layer=4, n_head=4),
 }
