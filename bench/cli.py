@@ -573,6 +573,9 @@ def main(argv=None) -> None:
     """Entry point: one-line errors with exit code 2, tracebacks only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("BENCH_DEBUG") == "1"
+    from bench.runtime import keep_freed_memory
+
+    keep_freed_memory()
     try:
         rv = cli.main(args=argv, prog_name="bench", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
