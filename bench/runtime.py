@@ -22,14 +22,15 @@ def pick_device(device: str = "auto") -> str:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks of up to 1 GiB in the heap instead of unmapping them.
+    """Ask glibc to keep freed memory (blocks up to 1 GiB, and the heap top) for reuse.
 
-    By default glibc gives large freed blocks (and a freed heap top) back to the kernel, so each
+    By default glibc gives large freed blocks and a freed heap top back to the kernel, so each
     batch's activations (e.g. an iGPT MLP at batch 256: 256 x 196 x 1024 floats) are page-faulted
     in afresh: iGPT feature extraction spent a third of its CPU time in the kernel. Measured on the
     2-core CPU, forward of igpt-wide at 14x14 and batch 256: 24.5 -> 16.0 and 31.0 -> 19.2 ms per
-    image in two runs; three forward passes of a 2x256 iGPT at batch 128: 809k -> 12.5k page faults. No-op off glibc, or when
-    the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ themselves. Returns whether it applied.
+    image in two runs; three forward passes of a 2x256 iGPT at batch 128: 809k -> 12.5k page
+    faults. No-op off glibc, or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+    themselves. Returns whether it applied.
     """
     if not sys.platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_",
                                                                             "MALLOC_TRIM_THRESHOLD_")):

@@ -7,9 +7,9 @@ Objective (the same minimizer as scikit-learn's ``LogisticRegression(C=1/(lam*n)
 
 solved full-batch by L-BFGS with a strong-Wolfe line search in torch, preconditioned in the
 features' eigenbasis, walking the grid from strong to weak and warm-starting each fit from the
-previous one. Written by hand (a few lines on
-top of torch.optim.LBFGS) because looping sklearn refits from scratch at every strength on one
-core; ``bench benchmark probe`` measures both on the same grid.
+previous one. Written by hand (a few lines on top of torch.optim.LBFGS) because looping sklearn
+refits from scratch at every strength on one core; ``bench benchmark probe`` measures both on
+the same grid.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
                         on_fit()
                 break
     val_acc, val_se, lam, _ = best
-    del basis
+    del basis  # a rotated copy of the train features: free it before the train+val refit
     Xall = np.concatenate([Xtr, Xva])
     yall = np.concatenate([ytr, yva])
     Xall_s, Xte_s = standardize(Xall, Xte)

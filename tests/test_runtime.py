@@ -26,14 +26,14 @@ PROBE = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_later_batches_reuse_freed_pages_instead_of_faulting_them_in(tmp_path):
-    def second_batch(mode):
+def test_later_batches_reuse_freed_pages_instead_of_faulting_them_in():
+    def later_batch_faults(mode):
         out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
         applied, faults = out.stdout.split()
         return applied == "True", int(faults)
 
-    applied, faults_on = second_batch("on")
-    _, faults_off = second_batch("off")
+    applied, faults_on = later_batch_faults("on")
+    _, faults_off = later_batch_faults("off")
     assert applied
     # glibc's default returns the batch's freed activations to the kernel and faults them in again
     # on the next batch; with the setting the later batches reuse the pages of the first.
