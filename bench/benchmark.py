@@ -46,3 +46,37 @@ def compare_probes(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, patience=2
     sva, ste, slam = sklearn_probe(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter)
     ref = (sva, ste, slam, time.perf_counter() - t)
     return {"ours": ours, "sklearn": ref}
+
+
+def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: int, device: str = "cpu",
+                       seed: int = 0) -> dict:
+    """Pretraining steps of one iGPT shape in fp32 and under bf16 autocast, from the same init on the
+    same random batch: {precision: (median seconds per step, loss after the last step)}. The first
+    two steps of each are warm-up and not timed."""
+    import torch
+    import torch.nn.functional as F
+
+    from backbones.igpt.model import SHAPES, IGPTConfig, ImageGPT, with_sos
+    from backbones.igpt.train import autocast_for
+
+    cfg = IGPTConfig(n_colors=n_colors, n_positions=size * size, **SHAPES[shape])
+    x = torch.randint(0, n_colors, (batch, size * size), generator=torch.Generator().manual_seed(seed)).to(device)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(seed)
+        model = ImageGPT(cfg).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+        times = []
+        for _ in range(steps + 2):
+            t = time.perf_counter()
+            with autocast_for(precision, device):
+                logits = model(with_sos(x, cfg.sos))
+            loss = F.cross_entropy(logits.float().reshape(-1, n_colors), x.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        out[precision] = (float(np.median(times[2:])), float(loss.item()))
+    return out

@@ -430,9 +430,12 @@ def _int_list(ctx, param, value):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, palette and data order.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder: settings, palette, log, checkpoints.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Training forward in bf16 autocast (weights and optimizer stay fp32); auto: bf16 on a GPU, fp32 on a CPU. "
+                   "bf16 also pays on CPUs with AVX512-BF16 or AMX.")
 @click.pass_context
 def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, warmup, weight_decay, grad_clip,
-             save_at, colors, image_size, seed, out, device):
+             save_at, colors, image_size, seed, out, device, precision):
     """Pretrain an Image GPT on a dataset (next-pixel prediction over a k-means palette).
 
     Rerunning the same command continues from the last checkpoint. Under `torchrun
@@ -448,7 +451,8 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
 
     cfg = TrainConfig(backbone=backbone, dataset=dataset, steps=steps, batch_size=batch_size, lr=lr,
                       warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, save_at=save_at,
-                      seed=seed, limit=limit, colors=colors, image_size=image_size, data_root=data_root)
+                      seed=seed, limit=limit, colors=colors, image_size=image_size, data_root=data_root,
+                      precision=precision)
     final = do_pretrain(cfg, out, device=pick_device(device), quiet=ctx.find_root().params["quiet"], log=_log(ctx))
     if final is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         click.echo(f"checkpoint: {final}")
@@ -536,6 +540,39 @@ def benchmark_probe(ctx, backbone, bopts, seed, dataset, data_root, limit, layer
                      "test sklearn": ste, "test delta": te - ste, "L2 ours": lam, "L2 sklearn": slam,
                      "s ours": t, "s sklearn": st, "speed-up": st / t})
     render(pd.DataFrame(rows), "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset} ({len(y['train'])} train rows)")
+
+
+@benchmark.command("pretrain", context_settings=CONTEXT)
+@click.option("--backbone", "-b", default="igpt-wide", show_default=True, help="iGPT shape to time.")
+@click.option("--image-size", type=click.IntRange(min=1, max=64), default=14, show_default=True, help="Square image size (tokens = size²).")
+@click.option("--colors", type=click.IntRange(min=2), default=16, show_default=True, help="Palette size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per step.")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps of each precision.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device):
+    """Pretraining step time under bf16 autocast vs fp32, same init and batch: speed ratio.
+
+    \b
+    Example:
+      bench benchmark pretrain -b igpt-wide --image-size 14 --batch-size 16
+    """
+    import pandas as pd
+
+    from backbones.igpt.model import SHAPES
+    from bench.benchmark import compare_precisions
+    from bench.errors import BenchError, did_you_mean
+    from bench.report import render
+    from bench.runtime import pick_device
+
+    if backbone not in SHAPES:
+        raise BenchError(f"cannot time {backbone!r}{did_you_mean(backbone, SHAPES)}; choose one of {', '.join(SHAPES)}")
+    device = pick_device(device)
+    res = compare_precisions(backbone, colors, image_size, batch_size, steps, device)
+    ref = res["fp32"][0]
+    df = pd.DataFrame([{"precision": p, "s/step": t, "images/s": batch_size / t, "speed-up vs fp32": ref / t,
+                        f"loss after {steps + 2} steps": loss} for p, (t, loss) in res.items()])
+    render(df, "table", title=f"pretraining step · {backbone} · {image_size}x{image_size}, {colors} colors, "
+                              f"batch {batch_size} · {device}")
 
 
 @benchmark.command("sample", context_settings=CONTEXT)

@@ -86,3 +86,9 @@ def test_generation_needs_a_generative_backbone_and_a_png(bench, ckpt, tmp_path)
     assert_user_error(bench("sample", "-b", "igpt-tiny", "--out", tmp_path / "x.png"), "--weights")
     r = bench("run", "-b", "pixels", "-t", "bits-per-dim", "-d", "digits", "--results", tmp_path)
     assert_user_error(r, "generative")
+
+
+def test_benchmark_sample_reports_same_images_and_a_speed_ratio(bench, ckpt):
+    r = bench("benchmark", "sample", "-b", "igpt", "--weights", ckpt, "--n", "4", "--device", "cpu")
+    assert r.code == 0, r
+    assert "kv-cache" in r.out and "full recompute" in r.out and "True" in r.out

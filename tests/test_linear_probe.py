@@ -50,13 +50,32 @@ def test_matches_sklearn_lbfgs_on_the_same_grid_digits():
 
 
 def test_matches_sklearn_lbfgs_on_fashion_mnist_subset():
+    """At every strength of the grid the two solvers agree on val and test accuracy (within 6 of
+    2,000 images: both stop at tol 1e-4, short of the exact optimum), and end to end the best val
+    accuracy agrees. Which strength wins may differ where two strengths are within an image or two
+    of each other on val, so the chosen strength itself is not compared."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from tasks.linear_probe import top1
+
     need_fashion_mnist()
     s = {k: load_split("fashion-mnist", k, limit=2000, seed=0) for k in ("train", "val", "test")}
-    res = compare_probes(*(a for k in ("train", "val", "test") for a in (_pixels(s[k]), s[k].labels)),
-                         "1e-4,1e-3,1e-2,1e-1")
-    (va, te, lam, _), (sva, ste, slam, _) = res["ours"], res["sklearn"]
-    assert abs(te - ste) <= 0.3, res
-    assert lam == slam, res
+    X = {k: _pixels(s[k]) for k in s}
+    y = {k: s[k].labels for k in s}
+    Xtr, Xva, Xte = standardize(X["train"], X["val"], X["test"])
+    basis = LogisticRegressionLBFGS.eigenbasis(Xtr)
+    for lam in (1e-1, 1e-2, 1e-3, 1e-4):
+        ours = LogisticRegressionLBFGS(10).fit(Xtr, y["train"], lam, basis=basis)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = LogisticRegression(C=1 / (lam * len(Xtr)), max_iter=1000, tol=1e-4).fit(Xtr, y["train"])
+        for split, Xs in (("val", Xva), ("test", Xte)):
+            a, b = top1(ours.predict(Xs), y[split])[0], top1(ref.predict(Xs), y[split])[0]
+            assert abs(a - b) <= 0.3, (lam, split, a, b)
+    res = compare_probes(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"], "1e-4,1e-3,1e-2,1e-1")
+    assert abs(res["ours"][0] - res["sklearn"][0]) <= 0.3, res
 
 
 @pytest.mark.slow

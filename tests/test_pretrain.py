@@ -37,9 +37,10 @@ def test_pretrain_writes_usable_checkpoints_and_lowers_bits_per_dim(bench, tmp_p
         assert r.code == 0, r
 
 
-def test_sigkill_then_same_command_continues_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_then_same_command_continues_to_the_same_weights(tmp_path, precision):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    cmd = [sys.executable, "-m", "bench", "-q", *ARGS]
+    cmd = [sys.executable, "-m", "bench", "-q", *ARGS, "--precision", precision]
     proc = subprocess.Popen(cmd + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first_ckpt = killed / "checkpoints" / "step-0000020"
     deadline = time.time() + 300
@@ -80,6 +81,7 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     (["--save-at", "20,x"], ["--save-at"]),
     (["--steps", "0"], ["--steps"]),
     (["--lr", "-1"], ["--lr"]),
+    (["--precision", "fp16"], ["--precision", "bf16"]),
 ])
 def test_bad_pretrain_values(bench, tmp_path, extra, fragments):
     args = list(ARGS)
@@ -101,3 +103,25 @@ def test_unknown_shape_and_changed_settings_are_refused(bench, tmp_path):
     r = bench("-q", *ARGS[:-2], "--save-at", "30", "--out", out)
     assert_user_error(r, "other settings", "save_at")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_precision_picks_the_training_autocast():
+    from backbones.igpt.train import autocast_for
+
+    a, b = torch.ones(4, 4), torch.ones(4, 4)
+    with autocast_for("bf16", "cpu"):
+        assert (a @ b).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):  # auto is fp32 on a CPU
+        with autocast_for(precision, "cpu"):
+            assert (a @ b).dtype == torch.float32
+
+
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(bench, tmp_path):
+    out = tmp_path / "run"
+    assert bench("-q", *ARGS, "--out", out).code == 0
+    settings = json.loads((out / "run.json").read_text())
+    del settings["precision"]  # as written before --precision existed
+    (out / "run.json").write_text(json.dumps(settings))
+    assert bench("-q", *ARGS, "--out", out).code == 0
+    r = bench("-q", *ARGS, "--precision", "bf16", "--out", out)
+    assert_user_error(r, "other settings", "precision")

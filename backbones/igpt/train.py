@@ -1,6 +1,7 @@
 """Pretraining an Image GPT on a dataset's train split: next-token cross-entropy over palette
 indices, AdamW (betas 0.9, 0.95), linear warm-up then cosine decay, gradient clipping, bf16
-autocast on a GPU, validation bits/dim at each save.
+autocast on a GPU (and on a CPU when asked: ``precision="bf16"``), validation bits/dim in fp32 at
+each save.
 
 A run folder holds ``run.json`` (the settings; a rerun with other settings is refused),
 ``palette.json``, ``log.jsonl`` and ``checkpoints/step-NNNNNNN/``. The same command after a kill
@@ -16,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,20 @@ class TrainConfig:
     colors: int | None = None
     image_size: int | None = None
     data_root: str | None = None
+    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_for(precision: str, device: str):
+    """bf16 autocast for the training forward (weights, gradients and optimizer stay fp32)."""
+    import torch
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -90,6 +105,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise BenchError(f"--{name.replace('_', '-')} must be a positive integer")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise BenchError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.precision not in PRECISIONS:
+        raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     bad = [s for s in cfg.save_at if not 1 <= s <= cfg.steps]
     if bad:
         raise BenchError(f"--save-at steps must lie in 1..{cfg.steps} (--steps), got {bad[0]}")
@@ -110,7 +127,8 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     check_writable(out / "run.json", "--out")
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     if (out / "run.json").exists():
-        old = json.loads((out / "run.json").read_text())
+        saved = json.loads((out / "run.json").read_text())
+        old = {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)}  # later settings: defaults
         if old != settings:
             diff = [k for k in settings if old.get(k) != settings[k]]
             raise BenchError(f"{out} holds a run with other settings ({', '.join(diff)}); "
@@ -169,7 +187,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
             if torch.is_tensor(v) and k != "step":
                 st[k] = v.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    autocast = autocast_for(cfg.precision, device)
     saves = set(cfg.save_at) | {cfg.steps}
     per_rank = cfg.batch_size // world
     t0 = time.time()
