@@ -49,16 +49,16 @@ def compare_probes(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, patience=2
 
 
 def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: int, device: str = "cpu",
-                       seed: int = 0) -> dict:
-    """Pretraining steps of one iGPT shape in fp32 and under bf16 autocast, from the same init on the
-    same random batch: {precision: (median seconds per step, loss after the last step)}. The first
-    two steps of each are warm-up and not timed."""
+                       seed: int = 0, grad_clip: float = 1.0) -> dict:
+    """``bench pretrain``'s training step (the same function) for one iGPT shape in fp32 and under
+    bf16 autocast, from the same init on the same random batch: {precision: (median seconds per
+    step, loss after the last step)}. The first two steps of each are warm-up and not timed."""
     import torch
-    import torch.nn.functional as F
 
-    from backbones.igpt.model import SHAPES, IGPTConfig, ImageGPT, with_sos
-    from backbones.igpt.train import autocast_for
+    from backbones.igpt.model import SHAPES, IGPTConfig, ImageGPT
+    from backbones.igpt.train import autocast_for, require_shape, train_step
 
+    require_shape(shape, "time")
     cfg = IGPTConfig(n_colors=n_colors, n_positions=size * size, **SHAPES[shape])
     x = torch.randint(0, n_colors, (batch, size * size), generator=torch.Generator().manual_seed(seed)).to(device)
     out = {}
@@ -66,15 +66,11 @@ def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: 
         torch.manual_seed(seed)
         model = ImageGPT(cfg).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+        autocast = autocast_for(precision, device)
         times = []
         for _ in range(steps + 2):
             t = time.perf_counter()
-            with autocast_for(precision, device):
-                logits = model(with_sos(x, cfg.sos))
-            loss = F.cross_entropy(logits.float().reshape(-1, n_colors), x.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(model, opt, x, cfg.sos, autocast, grad_clip)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)

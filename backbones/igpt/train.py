@@ -62,6 +62,30 @@ def autocast_for(precision: str, device: str):
     return contextlib.nullcontext()
 
 
+def require_shape(name: str, verb: str) -> None:
+    """A one-line error for a name that is not one of the iGPT shapes."""
+    if name not in SHAPES:
+        from bench.errors import did_you_mean
+
+        raise BenchError(f"cannot {verb} {name!r}{did_you_mean(name, SHAPES)}; choose one of {', '.join(SHAPES)}")
+
+
+def train_step(net, opt, x, sos: int, autocast, grad_clip: float):
+    """One optimizer step of next-token cross-entropy on palette tokens ``x``; returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    with autocast:
+        logits = net(with_sos(x, sos))
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    opt.step()
+    return loss
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
     if step < cfg.warmup:
@@ -95,11 +119,7 @@ def bits_per_dim(model: ImageGPT, tokens, channels: int, batch_size: int = 64, d
 
 
 def _validate(cfg: TrainConfig) -> None:
-    if cfg.backbone not in SHAPES:
-        from bench.errors import did_you_mean
-
-        raise BenchError(f"cannot pretrain {cfg.backbone!r}{did_you_mean(cfg.backbone, SHAPES)}; "
-                         f"choose one of {', '.join(SHAPES)}")
+    require_shape(cfg.backbone, "pretrain")
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -116,7 +136,6 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     """Train (or continue training) into ``out``; returns the final checkpoint folder."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     from bench.datasets import load_split
     from bench.runtime import progress_bar
@@ -198,14 +217,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
             model.train()
             rows = batch_rows(step, len(train_tok), cfg.batch_size, cfg.seed)[rank * per_rank : (rank + 1) * per_rank]
             x = torch.as_tensor(train_tok[np.sort(rows)], dtype=torch.long, device=device)
-            with autocast:
-                logits = net(with_sos(x, mcfg.sos))
-            loss = F.cross_entropy(logits.float().reshape(-1, mcfg.n_colors), x.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss = train_step(net, opt, x, mcfg.sos, autocast, cfg.grad_clip)
             sched.step()
             bar.advance(1)
             done = step + 1
