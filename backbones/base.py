@@ -1,15 +1,23 @@
 """The backbone contract, and how a name on the command line becomes a backbone.
 
-A backbone turns a uint8 image batch (N, H, W, C) into pooled features per named layer:
+A backbone turns a uint8 image batch (N, H, W, C) into pooled features per named layer. What a
+plugin class provides (subclass ``Backbone``):
 
-- ``layers``: exportable layer names in depth order; ``layer_widths()``: their feature sizes;
-- ``preprocess(images) -> tensor`` and ``features(x, layers) -> {layer: [B, D]}``, which computes
-  nothing past the deepest requested layer;
-- ``fingerprint``: a hash of architecture config + weights + preprocessing, and ``provenance()``
-  with the same facts in readable form.
+- ``create(name, spec: DataSpec, options: BackboneOptions)`` (classmethod): build one;
+- ``name``: optional; the registered name is used when the class has none;
+- ``layers``: exportable layer names in depth order; ``layer_widths()``: {layer: feature size};
+- ``preprocess(images) -> tensor``: uint8 (N, H, W, C) numpy -> model input;
+- ``features(x, layers) -> {layer: [B, D]}``: computes nothing past the deepest requested layer and
+  is differentiable (no ``inference_mode`` inside: the extraction step applies it);
+- ``config()``: architecture + preprocessing facts (JSON-able) for the fingerprint;
+- optional: ``weights_digest()`` (hash of the weights, for the fingerprint), ``module`` (the torch
+  module holding trainable parameters, for tasks that train; None when there is none), ``to(device)``,
+  ``step`` (training step of the weights, for checkpoints), ``weights`` (a label for the weights).
 
-A registered object is either a backbone class (``create(name, spec, options)``) or a *family*
-(``family = True``) that answers for many names, as timm does for every timm model.
+From those the base class derives ``fingerprint`` (a hash of config + weights digest) and
+``provenance()``. A registered object is either such a class or a *family* (``family = True``)
+that answers for many names (``handles(name)``, ``list_names(pattern)``), as timm does for every
+timm model.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from bench.registry import BACKBONES
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a backbone must know of the data to build itself."""
+    """What a backbone must know of the data to build itself: the images' channels (1 or 3),
+    height and width in pixels, as they come from the dataset (before any resize)."""
 
     channels: int
     height: int
@@ -41,12 +50,15 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class BackboneOptions:
-    """Options every command accepts the same way (see ``bench.cli.backbone_options``)."""
+    """Options every command accepts the same way (``--pretrained``, ``--weights``,
+    ``--image-size``, ``--seed``): whether to load the family's published weights, a weights file
+    or folder, the square input size to resize to (None: the backbone's choice), and the seed of
+    a random init."""
 
     pretrained: bool = False
     weights: str | None = None
     image_size: int | None = None
-    seed: int = 0  # random init
+    seed: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -59,6 +71,13 @@ class Backbone:
     name: str
     layers: list[str]
     family: ClassVar[bool] = False
+    weights: str | None = None  # what the weights are: a path, "pretrained", "random-init(seed=0)"
+    step: int | None = None  # the training step of a checkpoint
+
+    @property
+    def module(self):
+        """The torch module whose parameters a task may train (None: nothing to train)."""
+        return None
 
     @classmethod
     def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "Backbone":
@@ -143,4 +162,43 @@ def create_backbone(name: str, spec: DataSpec, options: BackboneOptions | None =
     options = options or BackboneOptions()
     if options.image_size is not None and options.image_size < 1:
         raise BenchError(f"--image-size must be a positive integer, got {options.image_size}")
-    return resolve(name).create(name, spec, options)
+    backbone = resolve(name).create(name, spec, options)
+    if not getattr(backbone, "name", None):
+        backbone.name = name
+    if not getattr(backbone, "weights", None):
+        backbone.weights = describe_weights(options)
+    return backbone
+
+
+def describe_weights(options: BackboneOptions) -> str | None:
+    if options.weights:
+        return str(Path(options.weights).resolve())
+    return "pretrained" if options.pretrained else None
+
+
+def weights_label(backbone: Backbone) -> str | None:
+    """A short readable name for the weights, for file names: the checkpoint step, the weights
+    file's stem, "pretrained"; None for a random init."""
+    if backbone.step is not None:
+        return f"step{backbone.step}"
+    if not backbone.weights:
+        return None
+    if backbone.weights == "pretrained":
+        return "pretrained"
+    return Path(backbone.weights).name.split(".")[0] or None
+
+
+def summary(backbone: Backbone, spec: DataSpec) -> dict:
+    """Parameters and forward FLOPs per image up to the deepest layer (counted by
+    ``torch.utils.flop_counter`` on one blank image; matrix products only, 2 FLOPs per MAC)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = backbone.module
+    out = {"parameters": sum(p.numel() for p in module.parameters()) if module is not None else 0}
+    x = backbone.preprocess(np.zeros((1, spec.height, spec.width, spec.channels), dtype=np.uint8))
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        backbone.features(x, list(backbone.layers))
+    out["flops_per_image"] = int(counter.get_total_flops())
+    return out

@@ -96,6 +96,10 @@ class TimmBackbone(Backbone):
             size = max(spec.height, spec.width, MIN_RANDOM_INIT_SIZE)
         return cls(name, model, spec, options, size)
 
+    @property
+    def module(self):
+        return self.model
+
     def to(self, device):
         self.model.to(device)
         self.device = device
@@ -120,14 +124,10 @@ class TimmBackbone(Backbone):
         return (x - mean) / std
 
     def features(self, x, layers):
-        import torch
-
-        idx = [self.layers.index(l) for l in layers]
-        with torch.inference_mode():
-            outs = self.model.forward_intermediates(
-                x.to(self.device), indices=idx, stop_early=True, intermediates_only=True
-            )
-        return {l: o.float().mean(dim=(2, 3)) for l, o in zip(layers, outs)}
+        indices = [self.layers.index(layer) for layer in layers]
+        outs = self.model.forward_intermediates(x.to(self.device), indices=indices, stop_early=True,
+                                                intermediates_only=True)
+        return {layer: out.float().mean(dim=(2, 3)) for layer, out in zip(layers, outs)}
 
     def config(self):
         return {

@@ -23,9 +23,14 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+def _quiet(ctx) -> bool:
+    return bool(ctx.find_root().params.get("quiet", False))
+
+
 def _log(ctx):
-    quiet = ctx.find_root().params.get("quiet", False)
-    return (lambda msg: None) if quiet else (lambda msg: _console(True).print(f"[dim]{msg}[/dim]", soft_wrap=True))
+    if _quiet(ctx):
+        return lambda msg: None
+    return lambda msg: _console(True).print(msg, style="dim", soft_wrap=True, markup=False, highlight=False)
 
 
 def backbone_options(f):
@@ -135,7 +140,7 @@ def backbones_show(name, dataset, data_root, pretrained, weights, image_size, se
     Example:
       bench backbones show resnet18 --dataset fashion-mnist
     """
-    from backbones.base import BackboneOptions, DataSpec, create_backbone
+    from backbones.base import BackboneOptions, DataSpec, create_backbone, summary
     from rich.table import Table
 
     if dataset:
@@ -144,13 +149,17 @@ def backbones_show(name, dataset, data_root, pretrained, weights, image_size, se
         spec = DataSpec.of(load_split(dataset, "train", data_root, limit=1).images)
     else:
         spec = DataSpec(3, 224, 224)
-    bb = create_backbone(name, spec, BackboneOptions(pretrained, weights, image_size, seed))
-    info = bb.layer_info() if hasattr(bb, "layer_info") else {l: {"width": w} for l, w in bb.layer_widths().items()}
+    model = create_backbone(name, spec, BackboneOptions(pretrained, weights, image_size, seed))
+    info = model.layer_info() if hasattr(model, "layer_info") else {
+        layer: {"width": width} for layer, width in model.layer_widths().items()}
     cols = ["layer"] + sorted({k for v in info.values() for k in v}, key=lambda k: k != "width")
-    t = Table(*cols, title=f"{name} on {dataset or 'a 3x224x224 input'} (fingerprint {bb.fingerprint[:12]})")
-    for layer in bb.layers:
+    t = Table(*cols, title=f"{name} on {dataset or 'a 3x224x224 input'} (fingerprint {model.fingerprint[:12]})")
+    for layer in model.layers:
         t.add_row(layer, *(str(info[layer].get(c, "")) for c in cols[1:]))
     _console().print(t)
+    facts = summary(model, spec)
+    click.echo(f"parameters: {facts['parameters']:,}; forward FLOPs per image to the last layer: "
+               f"{facts['flops_per_image']:,} ({facts['flops_per_image'] / 1e9:.3g} GFLOPs)")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -174,7 +183,7 @@ def tasks_list():
     from bench.registry import TASKS
 
     _registry_table(TASKS, "options (-o KEY=VALUE)", lambda obj: ", ".join(
-        f"{k}={v.default}" for k, v in getattr(obj, "options", {}).items()))
+        f"{k}={v.show(v.default)}" for k, v in getattr(obj, "options", {}).items()))
 
 
 def _registry_table(registry, extra_header, extra):
@@ -230,109 +239,113 @@ def extract(ctx, backbone, bopts, seed, dataset, data_root, limit, split, layers
     Example:
       bench extract --backbone resnet18 --dataset digits --split train --layers layer2,layer3
     """
-    from backbones.base import DataSpec, create_backbone
-    from bench.datasets import load_split
-    from bench.extract import extract as do_extract
+    from bench import api
 
-    quiet = ctx.find_root().params["quiet"]
-    data = load_split(dataset, split, data_root, limit, seed)
-    bb = create_backbone(backbone, DataSpec.of(data.images), bopts)
-    layer_list = bb.check_layers(layers)
-    act, how = do_extract(bb, data, layer_list, limit=limit, seed=seed, out=out, batch_size=batch_size,
-                          device=device, quiet=quiet, log=_log(ctx))
-    click.echo(f"{how}: {act.path} ({act.n_rows} rows; layers {', '.join(act.layers)})")
+    acts = api.extract(backbone, dataset, split, layers=layers, weights=bopts.weights, pretrained=bopts.pretrained,
+                       image_size=bopts.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
+                       batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
+    click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
 
 
 @cli.command(context_settings=CONTEXT)
-@backbone_options
-@click.option("--task", "-t", required=True, help="Task name; see `bench tasks list`.")
-@data_options
+@click.option("--backbone", "-b", "backbone_names", multiple=True, required=True,
+              help="Backbone name (repeatable: a sweep): pixels, any timm model (resnet18), igpt, igpt-8x512, a plugin's.")
+@click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights (from the local Hugging Face cache when offline).")
+@click.option("--weights", "weights", multiple=True,
+              help="Weights file or folder (repeatable); a quoted glob such as 'RUN/checkpoints/*' runs every match, in step order.")
+@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+@click.option("--task", "-t", "task_names", multiple=True, required=True, help="Task name (repeatable); see `bench tasks list`.")
+@click.option("--dataset", "-d", "dataset_names", multiple=True, required=True, help="Dataset name (repeatable); see `bench datasets list`.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files (else $BENCH_DATA_ROOT, else the system place).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use a stratified subset of at most N rows per split, for quick runs.")
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
-@click.option("--option", "-o", "task_options", multiple=True, help="Task option KEY=VALUE (repeatable); see `bench tasks list`.")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the results JSON.")
+@click.option("--option", "-o", "task_options", multiple=True, help="Task option KEY=VALUE (repeatable; goes to the tasks that have KEY); see `bench tasks list`.")
+@click.option("--tag", default=None, help="A label of yours for these runs (letters, digits, . _ + -): recorded, and keeps them apart from untagged runs.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the results JSON files.")
+@click.option("--rerun", is_flag=True, help="Run again even where --results holds a finished run with the same identity.")
 @runtime_options
 @click.pass_context
-def run(ctx, backbone, bopts, seed, task, dataset, data_root, limit, layers, task_options, results_dir, batch_size, device):
-    """Run a task on a backbone's activations and print the results table.
+def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, dataset_names, data_root, limit, layers,
+        task_options, tag, results_dir, rerun, batch_size, device):
+    """Run tasks on backbones × weights × datasets; print a table per run, write one results file each.
+
+    A run whose results file already exists with the same identity (fingerprint with weights,
+    dataset, task options, layers, seed, limit, tag) is skipped. In a sweep, a failed run is
+    reported and the others go on; the exit code is 0 only when all succeeded.
 
     \b
     Example:
       bench run --backbone resnet18 --task linear-probe --dataset digits
-      bench run -b pixels -t linear-probe -d fashion-mnist --limit 2000 -o max_iter=300
+      bench run -b igpt --weights 'runs/tiny/checkpoints/*' -t linear-probe -t bits-per-dim -d digits
+      bench run -b pixels -b resnet18 -t linear-probe -d digits -d fashion-mnist --limit 2000
     """
+    from bench import sweep
+    from bench.job import Settings
     from bench.report import render, run_table
-    from bench.run import run as do_run
 
-    quiet = ctx.find_root().params["quiet"]
-    task_obj, records, path = do_run(
-        backbone=backbone, task=task, dataset=dataset, options=bopts, task_options=task_options,
-        layers=layers, data_root=data_root, limit=limit, seed=seed, batch_size=batch_size,
-        device=device, results_dir=results_dir, quiet=quiet, log=_log(ctx),
-    )
-    table = run_table(records, task_obj.columns)
-    render(table, "table", title=f"{task} · {backbone} · {dataset}" + (f" (limit {limit})" if limit else ""))
-    click.echo(f"results: {path}")
+    settings = Settings(layers=layers, data_root=data_root, limit=limit, seed=seed, tag=tag, batch_size=batch_size,
+                        device=device, results_dir=results_dir, rerun=rerun, quiet=_quiet(ctx), log=_log(ctx))
+    plan = sweep.plan(backbones=backbone_names, datasets=dataset_names, tasks=task_names, weights=weights,
+                      pretrained=pretrained, image_size=image_size, task_options=task_options, settings=settings)
+
+    def show(outcome):
+        job = outcome.job
+        title = f"{job.task} · {outcome.records[0]['backbone']}"
+        title += f" · step {outcome.records[0]['step']}" if outcome.records[0].get("step") is not None else ""
+        title += f" · {job.dataset}" + (f" (limit {limit})" if limit else "")
+        render(run_table(outcome.records, outcome.task.columns), "table", title=title)
+        click.echo(f"results{' (skipped: done already)' if outcome.status == 'skipped' else ''}: {outcome.path}")
+
+    def failed(failure):
+        click.echo(f"failed: {failure.job.describe()}: {failure.message}", err=True)
+
+    outcomes, failures = sweep.execute(plan, on_outcome=show, on_failure=failed)
+    if failures:
+        click.echo(f"{len(failures)} of {len(plan.jobs)} runs failed (listed above); "
+                   f"{len(outcomes)} succeeded", err=True)
+        ctx.exit(2 if all(f.user_error for f in failures) else 1)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True, help="Output format.")
-@click.option("--best", is_flag=True, help="Add, per run, the layer chosen by val top-1.")
+@click.option("--best", is_flag=True, help="Mark each run's layer with the best val top-1 (a '*'; a 'best' column in CSV).")
 def report(paths, fmt_name, best):
-    """Render results files (or folders of them) as one tidy table.
+    """Render results files (or folders of them) as one tidy table, grouped by run.
+
+    Columns for weights, step, tag and limit appear where some run has them; a run id where the
+    other columns do not tell two runs apart.
 
     \b
     Example:
-      bench report bench-results/ --format md
+      bench report bench-results/ --format md --best
     """
-    import pandas as pd
+    from bench import api
+    from bench.report import render, tidy_view
 
-    from bench.report import best_rows, load, render, tidy_view
-
-    df = load(paths)
-    if best:
-        df = pd.concat([df, best_rows(df)], ignore_index=True)
-    text = render(tidy_view(df), fmt_name)
+    text = render(tidy_view(api.report(*paths, best=best)), fmt_name)
     if text is not None:
         click.echo(text.rstrip("\n"))
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("a", type=click.Path())
-@click.argument("b", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True, help="Output format.")
-def compare(a, b, fmt_name):
-    """Put two runs (results files or folders) side by side, with B − A deltas.
+def compare(paths, fmt_name):
+    """Put two or more runs (results files, or folders of them) side by side, with deltas
+    against the first and the layer each run's val top-1 chose.
 
     \b
     Example:
-      bench compare bench-results/pixels__digits__linear-probe__seed0.json \\
-                    bench-results/resnet18__digits__linear-probe__seed0.json
+      bench compare bench-results/pixels__digits__*.json bench-results/resnet18__digits__*.json
     """
-    from bench.report import compare as do_compare
-    from bench.report import load, render
+    from bench import api
+    from bench.report import render
 
-    df = do_compare(load([a]), load([b]))
-    text = render(df, fmt_name, title=f"A = {a}\nB = {b}")
+    text = render(api.compare(*paths), fmt_name, title="runs side by side (Δ: against the first)")
     if text is not None:
         click.echo(text.rstrip("\n"))
-
-
-def _generative_backbone(backbone, bopts, spec):
-    from backbones.base import create_backbone
-
-    bb = create_backbone(backbone, spec, bopts)
-    if not getattr(bb, "generative", False):
-        raise BenchError(f"backbone {backbone!r} cannot generate images; use an igpt backbone with --weights")
-    return bb
-
-
-def _png_out(out):
-    from bench.store import check_writable
-
-    if not str(out).lower().endswith(".png"):
-        raise BenchError(f"--out {out} must name a .png file")
-    check_writable(out, "--out")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -351,17 +364,9 @@ def sample(ctx, backbone, bopts, seed, n, temperature, top_k, cols, out, batch_s
     Example:
       bench sample -b igpt --weights runs/tiny --n 64 --temperature 1.0 --top-k 8 --out samples.png
     """
-    from backbones.base import DataSpec
-    from bench.grid import save_grid
+    from bench.generate import sample_png
 
-    if not 1 <= n <= 1024:
-        raise BenchError(f"--n must lie in 1..1024, got {n}")
-    if not bopts.weights:
-        raise BenchError("bench sample needs --weights (a checkpoint, run folder or ImageGPT folder)")
-    _png_out(out)
-    bb = _generative_backbone(backbone, bopts, DataSpec(1, 1, 1)).to(device)
-    images = bb.sample(n, temperature, top_k, seed)
-    click.echo(f"wrote {save_grid(images, min(cols, n), out)}")
+    click.echo(f"wrote {sample_png(backbone, bopts, n, temperature, top_k, cols, out, device)}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -386,23 +391,10 @@ def complete(ctx, backbone, bopts, seed, dataset, data_root, limit, split, n, ke
     Example:
       bench complete -b igpt --weights runs/tiny -d digits --n 8 --keep-rows 4 --samples 4 --out completions.png
     """
-    import numpy as np
+    from bench.generate import completion_png
 
-    from backbones.base import DataSpec
-    from bench.datasets import load_split
-    from bench.grid import save_grid
-
-    if not 1 <= n <= 256:
-        raise BenchError(f"--n must lie in 1..256, got {n}")
-    if not 1 <= samples <= 32:
-        raise BenchError(f"--samples must lie in 1..32, got {samples}")
-    _png_out(out)
-    data = load_split(dataset, split, data_root, limit if limit else None, seed)
-    bb = _generative_backbone(backbone, bopts, DataSpec.of(data.images)).to(device)
-    idx = np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False)
-    originals = data.images[np.sort(idx)]
-    rows = bb.completion_grid(originals, keep_rows, samples, temperature, top_k, seed)
-    path = save_grid(rows.reshape(-1, *rows.shape[2:]), rows.shape[1], out)
+    path = completion_png(backbone, bopts, dataset, split, data_root, limit, n, keep_rows, samples, temperature,
+                          top_k, out, device)
     click.echo(f"wrote {path}")
 
 
@@ -454,7 +446,7 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
                       warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, save_at=save_at,
                       seed=seed, limit=limit, colors=colors, image_size=image_size, data_root=data_root,
                       precision=precision)
-    final = do_pretrain(cfg, out, device=pick_device(device), quiet=ctx.find_root().params["quiet"], log=_log(ctx))
+    final = do_pretrain(cfg, out, device=pick_device(device), quiet=_quiet(ctx), log=_log(ctx))
     if final is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         click.echo(f"checkpoint: {final}")
 
@@ -472,25 +464,17 @@ def demo(ctx, results_dir, steps, seed, device):
     Example:
       bench demo --results bench-results
     """
-    import pandas as pd
+    from pathlib import Path
 
     from bench.demo import demo as do_demo
-    from bench.report import render, run_table
+    from bench.report import render
     from bench.runtime import pick_device
     from bench.store import check_writable
 
-    check_writable(__import__("pathlib").Path(results_dir) / "x.json", "--results folder")
-    records, run_dir, png = do_demo(results_dir, steps, seed, pick_device(device), ctx.find_root().params["quiet"],
-                                    _log(ctx))
-    cols = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "l2"): "chosen L2"}
-    parts = []
-    for backbone in dict.fromkeys(r["backbone"] for r in records):
-        t = run_table([r for r in records if r["backbone"] == backbone], cols)
-        t.insert(0, "backbone", backbone)
-        parts.append(t)
-    click.echo(f"iGPT run: {run_dir}\ncompletions: {png}")
-    render(pd.concat(parts, ignore_index=True), "table",
-           title="linear probe on digits (* = best val layer of each backbone)")
+    check_writable(Path(results_dir) / "x.json", "--results folder")
+    result = do_demo(results_dir, steps, seed, pick_device(device), _quiet(ctx), _log(ctx))
+    click.echo(f"iGPT run: {result.run_dir}\ncompletions: {result.completions}")
+    render(result.table, "table", title="linear probe on digits (* = best val layer of each backbone)")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -517,30 +501,13 @@ def benchmark_probe(ctx, backbone, bopts, seed, dataset, data_root, limit, layer
     Example:
       bench benchmark probe -b pixels -d fashion-mnist --limit 5000
     """
-    import pandas as pd
-
-    from bench.benchmark import compare_probes
-    from bench.registry import TASKS
+    from bench.benchmark import probe_benchmark
     from bench.report import render
-    from bench.run import extract_splits
 
-    quiet = ctx.find_root().params["quiet"]
-    topts = TASKS.get("linear-probe")().parse_options(task_options)
-    _, layer_list, _, acts, _ = extract_splits(
-        backbone=backbone, dataset=dataset, splits=("train", "val", "test"), options=bopts, layers=layers,
-        data_root=data_root, limit=limit, seed=seed, batch_size=batch_size, device=device, quiet=quiet,
-        log=_log(ctx))
-    rows = []
-    y = {s: acts[s].labels for s in acts}
-    for layer in layer_list:
-        X = {s: acts[s].read(layer) for s in acts}
-        res = compare_probes(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"],
-                             topts["l2_grid"], topts["max_iter"], topts["patience"])
-        (va, te, lam, t), (sva, ste, slam, st) = res["ours"], res["sklearn"]
-        rows.append({"layer": layer, "val ours": va, "val sklearn": sva, "test ours": te,
-                     "test sklearn": ste, "test delta": te - ste, "L2 ours": lam, "L2 sklearn": slam,
-                     "s ours": t, "s sklearn": st, "speed-up": st / t})
-    render(pd.DataFrame(rows), "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset} ({len(y['train'])} train rows)")
+    table = probe_benchmark(backbone, bopts, dataset, layers=layers, task_options=task_options, data_root=data_root,
+                            limit=limit, batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
+    rows = f" ({limit} rows a split at most)" if limit else ""
+    render(table, "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset}{rows}")
 
 
 @benchmark.command("pretrain", context_settings=CONTEXT)
@@ -557,18 +524,13 @@ def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device):
     Example:
       bench benchmark pretrain -b igpt-wide --image-size 14 --batch-size 16
     """
-    import pandas as pd
-
-    from bench.benchmark import compare_precisions
+    from bench.benchmark import pretrain_benchmark
     from bench.report import render
     from bench.runtime import pick_device
 
     device = pick_device(device)
-    res = compare_precisions(backbone, colors, image_size, batch_size, steps, device)
-    ref = res["fp32"][0]
-    df = pd.DataFrame([{"precision": p, "s/step": t, "images/s": batch_size / t, "speed-up vs fp32": ref / t,
-                        f"loss after {steps + 2} steps": loss} for p, (t, loss) in res.items()])
-    render(df, "table", title=f"pretraining step · {backbone} · {image_size}x{image_size}, {colors} colors, "
+    table = pretrain_benchmark(backbone, image_size, colors, batch_size, steps, device)
+    render(table, "table", title=f"pretraining step · {backbone} · {image_size}x{image_size}, {colors} colors, "
                               f"batch {batch_size} · {device}")
 
 
@@ -583,33 +545,37 @@ def benchmark_sample(backbone, bopts, seed, n, batch_size, device):
     Example:
       bench benchmark sample -b igpt --weights runs/tiny --n 16
     """
-    import time
-
-    import numpy as np
-    import pandas as pd
-
     from backbones.base import DataSpec
+    from bench.benchmark import sample_benchmark
+    from bench.generate import generative_backbone
     from bench.report import render
 
-    bb = _generative_backbone(backbone, bopts, DataSpec(1, 1, 1)).to(device)
-    times, outs = {}, {}
-    for name, cache in (("kv-cache", True), ("full recompute", False)):
-        t = time.perf_counter()
-        outs[name] = bb.sample(n, 1.0, None, seed, use_cache=cache)
-        times[name] = time.perf_counter() - t
-    same = bool(np.array_equal(outs["kv-cache"], outs["full recompute"]))
-    df = pd.DataFrame([{"method": k, "seconds": v, "speed-up vs full": times["full recompute"] / v,
-                        "same images": same} for k, v in times.items()])
-    render(df, "table", title=f"sampling {n} images of {bb.height}x{bb.width} · {backbone} · {device}")
+    model = generative_backbone(backbone, bopts, DataSpec(1, 1, 1), device)
+    render(sample_benchmark(model, n, seed), "table",
+           title=f"sampling {n} images of {model.height}x{model.width} · {backbone} · {device}")
+
+
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
+
+
+def global_flags_first(argv: list[str]) -> list[str]:
+    """Move the global flags to the front wherever they stand (``bench run … --quiet``), up to a
+    ``--`` that ends the options."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
 
 
 def main(argv=None) -> None:
     """Entry point: one-line errors with exit code 2, tracebacks only with --debug."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = global_flags_first(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv or os.environ.get("BENCH_DEBUG") == "1"
     from bench.runtime import keep_freed_memory
 
     keep_freed_memory()
+    if not [a for a in argv if a not in GLOBAL_FLAGS]:  # a bare `bench`: its help, not an error
+        click.echo(cli.get_help(click.Context(cli, info_name="bench")))
+        sys.exit(0)
     try:
         rv = cli.main(args=argv, prog_name="bench", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)

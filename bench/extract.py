@@ -46,14 +46,15 @@ def extract(
     if not out:
         reusable = find_superset(ident, cache_dir)
         if reusable is not None:
-            return reusable, "reused (a cached file with more layers)"
+            more = set(reusable.layers) > set(layers)
+            return reusable, "reused (a cached file with more layers)" if more else "reused"
     path = Path(out) if out else cache_path(ident, cache_dir)
     check_writable(path, "--out" if out else "cache folder ($BENCH_CACHE)")
     widths = backbone.layer_widths()
     provenance = {
         **backbone.provenance(),
         "data": data.info,
-        "layers": {l: widths[l] for l in layers},
+        "layers": {layer: widths[layer] for layer in layers},
         "batch_size": batch_size,
         "device": device,
         "versions": versions(),
@@ -64,13 +65,18 @@ def extract(
     n = len(data)
 
     def batches(start: int):
-        for s in range(start, n, batch_size):
-            e = min(s + batch_size, n)
-            feats = backbone.features(backbone.preprocess(data.images[s:e]), layers)
-            yield s, e, {l: np.asarray(feats[l].detach().cpu().float().numpy(), dtype=np.float32) for l in layers}
+        import torch
+
+        for begin in range(start, n, batch_size):
+            end = min(begin + batch_size, n)
+            # The extraction step owns inference mode: backbones' features() stay differentiable.
+            with torch.inference_mode():
+                feats = backbone.features(backbone.preprocess(data.images[begin:end]), layers)
+            yield begin, end, {layer: np.asarray(feats[layer].cpu().float().numpy(), dtype=np.float32)
+                               for layer in layers}
 
     with progress_bar(f"extract {backbone.name} {data.info['dataset']}/{data.info['split']}", n, quiet) as bar:
         return write_activations(
-            path, ident, provenance, n, data.labels, data.indices, {l: widths[l] for l in layers},
+            path, ident, provenance, n, data.labels, data.indices, {layer: widths[layer] for layer in layers},
             batches, batch_size=batch_size, progress=bar, log=log,
         )

@@ -1,35 +1,73 @@
 """Result records: flat dicts, one number each, with everything needed to trust it.
 
 A results file is JSON: ``{"format": "igpt-bench/results", "version": 1, "run": {...},
-"records": [...]}``. Each record repeats the provenance, so records can be pooled freely.
+"records": [...]}``. ``run`` holds the result's ``identity`` (what was measured) and provenance;
+each record repeats the provenance and the run id, so records can be pooled freely and still be
+told apart by run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError
 
 RESULTS_FORMAT = "igpt-bench/results"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+TAG = re.compile(r"[\w.+-]{1,64}")
 
 
-def results_path(results_dir: str | Path, backbone: str, dataset: str, task: str, seed: int,
-                 limit: int | None, options_changed: dict | None = None) -> Path:
-    """One file per (backbone, dataset, task, seed, limit, non-default task options): a rerun
-    replaces its own file."""
-    import hashlib
-    import json
+def check_tag(tag: str | None) -> str | None:
+    """A user's label for a run: letters, digits, '.', '_', '+', '-' (it becomes part of a file name)."""
+    if tag is not None and not TAG.fullmatch(tag):
+        raise BenchError(f"--tag {tag!r} must be 1-64 letters, digits, '.', '_', '+' or '-' (no path "
+                         "separators or spaces); e.g. --tag baseline")
+    return tag
 
-    safe = backbone.replace("/", "--")
-    tail = f"__n{limit}" if limit else ""
-    if options_changed:
-        blob = json.dumps(options_changed, sort_keys=True, default=str).encode()
-        tail += "__o" + hashlib.sha256(blob).hexdigest()[:8]
-    return Path(results_dir) / f"{safe}__{dataset}__{task}__seed{seed}{tail}.json"
+
+def result_identity(*, fingerprint: str, dataset: str, data_digests: dict, task: str, options: dict,
+                    layers: list[str], seed: int, limit: int | None, tag: str | None) -> dict:
+    """Everything that changes a result's numbers (the backbone fingerprint holds the weights
+    digest; ``data_digests`` the carve-outs and limit of each split), plus the user's tag."""
+    return {"fingerprint": fingerprint, "dataset": dataset, "data": dict(sorted(data_digests.items())),
+            "task": task, "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
+            "layers": list(layers), "seed": seed, "limit": limit, "tag": tag}
+
+
+def run_id(identity: dict) -> str:
+    """A short hash of a result's identity: file names, skip-if-done and report grouping key on it."""
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def results_path(results_dir: str | Path, backbone: str, weights_label: str | None, identity: dict) -> Path:
+    """``<backbone>[@<weights>]__<dataset>__<task>[__<tag>]__<run id>.json``: readable, and apart for
+    every identity (another checkpoint, weights file, layer set, option, seed or limit)."""
+    name = backbone.replace("/", "--") + (f"@{weights_label}" if weights_label else "")
+    name = re.sub(r"[^\w.@+-]", "_", name)
+    tag = f"__{identity['tag']}" if identity.get("tag") else ""
+    return Path(results_dir) / f"{name}__{identity['dataset']}__{identity['task']}{tag}__{run_id(identity)}.json"
+
+
+def finished_run(path: Path, identity: dict) -> list[dict] | None:
+    """The records of ``path`` when it holds a finished run with this identity, else None."""
+    if not Path(path).is_file():
+        return None
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+        return None
+    run = doc.get("run") or {}
+    if run.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
+        return None
+    return [dict(r, file=str(path)) for r in doc.get("records", [])]
 
 
 def write_results(path: Path, run: dict, records: list[dict]) -> Path:
@@ -39,6 +77,9 @@ def write_results(path: Path, run: dict, records: list[dict]) -> Path:
     doc = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "run": run, "records": records}
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are for the group to read
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, default=str)
             f.write("\n")
@@ -58,15 +99,29 @@ def read_results(path: str | Path) -> list[dict]:
         raise BenchError(f"{path} is not a readable results file ({e}); pass files written by `bench run`") from None
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise BenchError(f"{path} is not an igpt-bench results file; pass files written by `bench run`")
-    return [dict(r, file=str(path)) for r in doc.get("records", [])]
+    records = doc.get("records")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"metric", "value"} <= set(r)
+                                                for r in records):
+        raise BenchError(f"{path} has damaged records; rerun the `bench run` that wrote it")
+    return [dict(r, file=str(path)) for r in records]
+
+
+def _looks_like_results(path: Path) -> bool:
+    """Cheap check (the first bytes) so a folder's other JSON files (run settings, palettes,
+    artifacts) are passed over, while a named file that is not results is an error."""
+    try:
+        with open(path, "rb") as f:
+            return RESULTS_FORMAT.encode() in f.read(256)
+    except OSError:
+        return False
 
 
 def collect(paths) -> list[Path]:
-    """Files named, plus every *.json under folders named."""
+    """Files named, plus every results file under folders named."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(q for q in p.rglob("*.json"))
+            files += sorted(q for q in p.rglob("*.json") if _looks_like_results(q))
         elif p.is_file():
             files.append(p)
         else:

@@ -1,37 +1,167 @@
-"""Records -> tidy pandas DataFrame -> terminal table, Markdown or CSV; side-by-side compare."""
+"""Records -> tidy pandas DataFrame -> terminal table, Markdown or CSV; side-by-side compare.
+
+A results file is one run (one identity: backbone fingerprint with its weights, dataset, task,
+options, layers, seed, limit, tag). Everything here groups by run, never by backbone name alone:
+two checkpoints of one model are two runs. Frames hold data only; marks such as the best layer are
+a boolean column that the renderer turns into a marker.
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from bench.records import collect, read_results
 
-TIDY = ["backbone", "dataset", "task", "layer", "split", "metric", "value", "stderr"]
+TIDY = ["backbone", "weights", "step", "tag", "dataset", "task", "layer", "split", "metric", "value", "stderr",
+        "seed", "limit", "run"]
+OPTIONAL = ["weights", "step", "tag", "limit"]  # shown only where some run has them
+MARK = " *"
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    """A tidy frame (one number per row), in depth order of layers within each run."""
-    if not records:
-        return pd.DataFrame(columns=TIDY)
-    df = pd.DataFrame.from_records(records)
-    for c in TIDY + ["seed", "limit", "layer_index", "fingerprint"]:
-        if c not in df.columns:
-            df[c] = None
-    df = df.sort_values(["dataset", "task", "backbone", "layer_index", "split", "metric"], kind="stable")
-    return df.reset_index(drop=True)
+    """A tidy frame (one number per row); runs in (dataset, task, backbone, step, tag) order,
+    layers in depth order within each run. ``file`` is the run's results file."""
+    df = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=TIDY)
+    for column in TIDY + ["layer_index", "fingerprint", "file"]:
+        if column not in df.columns:
+            df[column] = None
+    df["file"] = df["file"].where(df["file"].notna(), df["run"])
+    df["run"] = df["run"].where(df["run"].notna(), df["file"].map(lambda f: Path(str(f)).stem))
+    df["step"] = pd.array(df["step"].where(df["step"].notna(), None), dtype="Int64")
+    df["weights"] = df["weights"].map(_short_weights)
+    order = ["dataset", "task", "backbone", "step", "tag", "file", "layer_index", "split", "metric"]
+    df = df.sort_values(order, kind="stable", na_position="first")
+    return df[TIDY + [c for c in df.columns if c not in TIDY]].reset_index(drop=True)
+
+
+def _short_weights(weights):
+    """A weights path as its last two parts (``checkpoints/step-0000100``); labels as they are."""
+    if not isinstance(weights, str) or "/" not in weights:
+        return weights
+    return "/".join(Path(weights).parts[-2:])
 
 
 def load(paths) -> pd.DataFrame:
-    recs = []
-    for f in collect(paths):
-        recs += read_results(f)
-    return frame(recs)
+    records = []
+    for path in collect(paths):
+        records += read_results(path)
+    return frame(records)
+
+
+def best_layers(df: pd.DataFrame) -> pd.Series:
+    """Per run (results file): the layer with the best val top-1 (the shallowest on a tie)."""
+    val = df[(df.metric == "top1") & (df.split == "val")]
+    if not len(val):
+        return pd.Series(dtype=object)
+    idx = val.assign(value=val.value.astype(float)).groupby("file", sort=False).value.idxmax()
+    return pd.Series(val.loc[idx.values, "layer"].values, index=idx.index)
+
+
+def mark_best(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a boolean ``best`` column: the rows of each run's best layer by val top-1."""
+    best = best_layers(df)
+    chosen = df.file.map(best)
+    multi = df.groupby("file").layer.transform("nunique") > 1
+    return df.assign(best=(df.layer == chosen) & multi)
+
+
+def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns a person reads: weights/step/tag/limit where some run has them, and the run id
+    where the other columns do not tell the runs apart."""
+    columns = [c for c in TIDY if c not in OPTIONAL or df[c].notna().any()]
+    descriptive = [c for c in ("backbone", "weights", "step", "tag", "dataset", "task", "seed", "limit")
+                   if c in columns]
+    per_run = df.drop_duplicates("file")
+    if len(per_run) == len(per_run.drop_duplicates(descriptive)):
+        columns.remove("run")
+    extra = ["best"] if "best" in df.columns else []
+    return df[columns + extra].reset_index(drop=True)
+
+
+def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """One row per layer of one run with the task's (split, metric) columns, and ``best`` (the
+    best layer by the first column when that is a val top-1)."""
+    df = frame(records)
+    columns = dict(columns)
+    for split, metric in df[["split", "metric"]].drop_duplicates().itertuples(index=False):
+        columns.setdefault((split, metric), f"{split} {metric}")
+    columns = {k: v for k, v in columns.items() if ((df.split == k[0]) & (df.metric == k[1])).any()}
+    rows = []
+    for layer, group in df.groupby("layer", sort=False):
+        row = {"layer": layer}
+        for (split, metric), header in columns.items():
+            hit = group[(group.split == split) & (group.metric == metric)]
+            row[header] = hit.value.iloc[0] if len(hit) else None
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    first_key = next(iter(columns), None)
+    if first_key == ("val", "top1") and len(out) > 1 and out[columns[first_key]].notna().any():
+        out["best"] = out.index == out[columns[first_key]].astype(float).idxmax()
+    return out
+
+
+def run_label(df: pd.DataFrame) -> pd.Series:
+    """A readable name per run (file): backbone, then the step or weights, then the tag; the run
+    id is added where two runs would share a name."""
+    per_run = df.drop_duplicates("file").set_index("file")
+
+    def name(r):
+        label = str(r.backbone)
+        if pd.notna(r.step):
+            label += f"@step{int(r.step)}"
+        elif isinstance(r.weights, str) and r.weights:
+            label += f"@{Path(r.weights).name.split('.')[0]}"
+        if isinstance(r.tag, str) and r.tag:
+            label += f"#{r.tag}"
+        return label
+
+    labels = per_run.apply(name, axis=1)
+    clash = labels.duplicated(keep=False)
+    labels[clash] = labels[clash] + " [" + per_run.run[clash].astype(str) + "]"
+    return labels
+
+
+def compare(df: pd.DataFrame, files: list[str] | None = None) -> pd.DataFrame:
+    """Runs side by side: one value column per run (in ``files`` order), a Δ column per run
+    after the first (it minus the first), then per (dataset, task) the rows of each run's best
+    layer by val top-1, with the layer it chose. No run is dropped: a run without a row shows —."""
+    files = files or list(dict.fromkeys(df.file))
+    labels = run_label(df)
+    columns = [labels[f] for f in files]
+    keys = ["dataset", "task", "layer", "split", "metric"]
+    per_layer = df.pivot_table(index=keys, columns="file", values="value", aggfunc="first", sort=False)
+    order = df.groupby(keys, sort=False).layer_index.min()
+    per_layer = per_layer.assign(_order=order).sort_values(["dataset", "task", "_order"], kind="stable")
+    per_layer = per_layer.drop(columns="_order").reset_index()
+
+    best = best_layers(df)
+    best_rows = []
+    for (dataset, task), group in df.groupby(["dataset", "task"], sort=False):
+        chosen = {f: best.get(f) for f in group.file.unique() if f in best.index}
+        if not chosen:
+            continue
+        picks = group[group.file.map(chosen) == group.layer]
+        for (split, metric), rows in picks.groupby(["split", "metric"], sort=False):
+            best_rows.append({"dataset": dataset, "task": task, "layer": "best by val", "split": split,
+                              "metric": metric, **dict(zip(rows.file, rows.value))})
+        best_rows.append({"dataset": dataset, "task": task, "layer": "best by val", "split": "val",
+                          "metric": "layer chosen", **chosen})
+    out = pd.concat([per_layer, pd.DataFrame(best_rows)], ignore_index=True)
+    for f in files:
+        if f not in out.columns:
+            out[f] = None
+    out = out[keys + files].rename(columns=dict(zip(files, columns)))
+    for column in columns[1:]:
+        numeric = pd.to_numeric(out[column], errors="coerce") - pd.to_numeric(out[columns[0]], errors="coerce")
+        out[f"Δ {column}"] = numeric
+    return out
 
 
 def fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "—"
     if isinstance(v, float):
         if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5):
@@ -40,27 +170,13 @@ def fmt(v) -> str:
     return str(v)
 
 
-def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.DataFrame:
-    """One row per layer with the task's (split, metric) columns; a '*' marks the best val layer."""
-    df = frame(records)
-    columns = dict(columns)
-    for split, metric in df[["split", "metric"]].drop_duplicates().itertuples(index=False):
-        columns.setdefault((split, metric), f"{split} {metric}")
-    columns = {k: v for k, v in columns.items() if ((df.split == k[0]) & (df.metric == k[1])).any()}
-    rows = []
-    for layer, g in df.groupby("layer", sort=False):
-        row = {"layer": layer}
-        for (split, metric), header in columns.items():
-            hit = g[(g.split == split) & (g.metric == metric)]
-            row[header] = hit.value.iloc[0] if len(hit) else None
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    first_key = next(iter(columns), None)
-    first = columns.get(first_key)
-    if first_key and first_key[1] == "top1" and len(out) > 1 and out[first].notna().any():
-        best = out[first].astype(float).idxmax()
-        out.loc[best, "layer"] = f"{out.loc[best, 'layer']} *"
-    return out
+def _marked(df: pd.DataFrame) -> pd.DataFrame:
+    """For people: the ``best`` column becomes a marker on the layer name."""
+    if "best" not in df.columns:
+        return df
+    df = df.copy()
+    df["layer"] = [f"{layer}{MARK}" if best else layer for layer, best in zip(df.layer, df.best.fillna(False))]
+    return df.drop(columns="best")
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -72,17 +188,19 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def render(df: pd.DataFrame, fmt_name: str = "table", title: str | None = None, console=None) -> str | None:
-    """Print ``df`` as a rich table (returns None) or return Markdown / CSV text."""
-    if fmt_name == "md":
-        return to_markdown(df)
+    """Print ``df`` as a rich table (returns None) or return Markdown / CSV text. A ``best``
+    column is shown as a '*' after the layer (CSV keeps the column)."""
     if fmt_name == "csv":
         return df.to_csv(index=False)
+    df = _marked(df)
+    if fmt_name == "md":
+        return to_markdown(df)
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title)
     for c in df.columns:
-        numeric = pd.api.types.is_numeric_dtype(df[c]) or c in ("value", "stderr", "delta")
+        numeric = pd.api.types.is_numeric_dtype(df[c]) or c in ("value", "stderr") or str(c).startswith("Δ")
         t.add_column(str(c), justify="right" if numeric else "left")
     for _, r in df.iterrows():
         t.add_row(*(fmt(r[c]) for c in df.columns))
@@ -93,41 +211,3 @@ def render(df: pd.DataFrame, fmt_name: str = "table", title: str | None = None, 
         console = Console() if sys.stdout.isatty() else Console(width=max(100, len(df.columns) * 14))
     console.print(t)
     return None
-
-
-def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
-    return df[TIDY + ["seed"]].copy()
-
-
-def best_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (backbone, dataset, task, seed): the layer with the best val top-1 and its test top-1."""
-    out = []
-    keys = ["backbone", "dataset", "task", "seed"]
-    top = df[df.metric == "top1"]
-    for k, g in top.groupby(keys, sort=False, dropna=False):
-        val = g[g.split == "val"]
-        if not len(val):
-            continue
-        layer = val.loc[val.value.astype(float).idxmax(), "layer"]
-        for _, r in g[g.layer == layer].iterrows():
-            out.append({**r.to_dict(), "layer": f"best by val ({layer})", "layer_index": 10**6})
-    return pd.DataFrame(out)
-
-
-def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str = "A", name_b: str = "B") -> pd.DataFrame:
-    """Side by side on (dataset, task, layer, split, metric), with B - A deltas; the best-by-val
-    rows let runs with different layers meet on one line."""
-    keys = ["dataset", "task", "layer", "split", "metric"]
-
-    def prep(df):
-        df = pd.concat([df, best_rows(df)], ignore_index=True)
-        df = df.copy()
-        df.loc[df.layer.astype(str).str.startswith("best by val"), "layer"] = "best by val"
-        return df.drop_duplicates(keys, keep="last")[keys + ["value", "layer_index"]]
-
-    pa, pb = prep(a), prep(b)
-    m = pa.merge(pb, on=keys, how="outer", suffixes=(f" {name_a}", f" {name_b}"))
-    m["order"] = m[[f"layer_index {name_a}", f"layer_index {name_b}"]].min(axis=1)
-    m = m.sort_values(["dataset", "task", "order", "split", "metric"], kind="stable")
-    m["delta"] = m[f"value {name_b}"] - m[f"value {name_a}"]
-    return m[keys + [f"value {name_a}", f"value {name_b}", "delta"]].reset_index(drop=True)

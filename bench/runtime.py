@@ -65,15 +65,32 @@ class _Bar:
             self._p.advance(self._t, n)
 
 
+_live = None  # the Progress on screen, which nested bars (a job's, under a sweep's) join
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, quiet: bool = False):
-    """A rich progress bar, silent when ``quiet`` or when stderr is not a terminal."""
+    """A rich progress bar, silent when ``quiet`` or when stderr is not a terminal. A bar opened
+    while another is showing becomes a second line of the same display (rich allows one live
+    display at a time)."""
+    global _live
     if quiet or not sys.stderr.isatty():
         yield _Bar(None, None)
+        return
+    if _live is not None:
+        task = _live.add_task(description, total=total)
+        try:
+            yield _Bar(_live, task)
+        finally:
+            _live.remove_task(task)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as p:
-        yield _Bar(p, p.add_task(description, total=total))
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as live:
+        _live = live
+        try:
+            yield _Bar(live, live.add_task(description, total=total))
+        finally:
+            _live = None

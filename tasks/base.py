@@ -1,50 +1,145 @@
-"""The task contract: read activation files, return flat result records.
+"""The task contract: one run context in, flat result records out.
 
-A task declares the splits it reads, its options (name -> ``Option``) and, for the run table,
-which (split, metric) pairs to show as columns. ``run`` returns a list of dicts with at least
-``layer``, ``split``, ``metric`` and ``value``; the runner stamps provenance onto each.
+A task is a class with a ``name``, a ``description``, its ``options`` (name -> ``Option``, whose
+``default`` is a parsed value), the ``columns`` its run table shows, and one of two declared
+kinds (``reads``):
+
+- ``"activations"`` (the default): the runner extracts (or reuses from the cache) the pooled
+  features of ``splits_for(options)`` for the requested layers, and the task reads them from
+  ``ctx.acts[split]`` (``.labels``, ``.read(layer)``). It never touches the live model.
+- ``"model"``: the task holds the backbone itself (``ctx.backbone``; its trainable torch module is
+  ``ctx.backbone.module``): bits/dim, fine-tuning, sample quality. The runner loads the raw splits
+  into ``ctx.data[split]`` (``.images`` uint8 (N, H, W, C), ``.labels``) and moves the backbone to
+  ``ctx.device``; ``ctx.backbone.preprocess(images)`` turns a batch into model input and
+  ``ctx.backbone.features(x, layers)`` is differentiable. Set ``requires_generative = True`` when
+  the task needs ``bits_per_dim``/``sample``.
+
+``run(ctx)`` returns a list of dicts with at least ``layer``, ``split``, ``metric`` and ``value``
+(``stderr`` and ``n`` where known); the runner stamps the provenance and identity onto each and
+writes one results file. Anything the task makes besides numbers (weights, images, curves) goes
+under ``ctx.artifacts``, a folder beside the results file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from bench.errors import BenchError, did_you_mean
+
+if TYPE_CHECKING:
+    from backbones.base import Backbone
 
 
 @dataclass(frozen=True)
 class Option:
+    """A task option: its parsed default, the parser of its ``-o KEY=VALUE`` text, a help line.
+
+    ``show`` turns a parsed value back into the text a user would type (for listings)."""
+
     default: Any
     parse: Callable[[str], Any]
     help: str
+    show: Callable[[Any], str] = str
+
+
+@dataclass
+class RunContext:
+    """Everything a task run gets: the same object for both kinds of task."""
+
+    backbone: "Backbone"
+    layers: list[str]
+    options: dict
+    seed: int = 0
+    device: str = "cpu"
+    data: dict = field(default_factory=dict)  # split -> bench.datasets.SplitData
+    acts: dict = field(default_factory=dict)  # split -> bench.store.ActivationFile (activation tasks)
+    artifacts: Path | None = None  # a folder beside the results file; created on first use
+    log: Callable[[str], None] = lambda msg: None
+    quiet: bool = False
+
+    def progress(self, description: str, total: int):
+        """A progress bar (a context manager with ``advance(n)``), nested under the sweep's bar."""
+        from bench.runtime import progress_bar
+
+        return progress_bar(description, total, self.quiet)
+
+    def artifacts_dir(self) -> Path:
+        """``artifacts``, created; tasks write their files here."""
+        if self.artifacts is None:
+            raise BenchError("this run has no artifacts folder; run the task through bench.api.run or `bench run`")
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        return self.artifacts
 
 
 class Task:
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    reads: ClassVar[str] = "activations"  # or "model"
+    requires_generative: ClassVar[bool] = False
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     options: ClassVar[dict[str, Option]] = {}
     columns: ClassVar[dict[tuple[str, str], str]] = {}  # (split, metric) -> run-table header
 
-    def parse_options(self, pairs: list[str] | tuple[str, ...]) -> dict:
-        """``["key=value", ...]`` -> a complete, validated options dict."""
-        out = {k: o.default for k, o in self.options.items()}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep:
-                raise BenchError(f"task option {pair!r} is not KEY=VALUE; e.g. -o max_iter=500")
+    def splits_for(self, options: dict) -> tuple[str, ...]:
+        """The splits this run needs (some tasks choose by option)."""
+        return tuple(self.splits)
+
+    def defaults(self) -> dict:
+        return {k: o.default for k, o in self.options.items()}
+
+    def parse_options(self, pairs) -> dict:
+        """``["key=value", ...]`` or ``{key: value}`` -> a complete, validated options dict.
+
+        Values in a dict may be parsed values already (from Python) or text (from the CLI)."""
+        out = self.defaults()
+        items = pairs.items() if isinstance(pairs, dict) else [self._split_pair(p) for p in pairs]
+        for key, value in items:
+            key = str(key).strip().replace("-", "_")
             if key not in self.options:
                 valid = ", ".join(self.options) or "none"
                 raise BenchError(f"task {self.name!r} has no option {key!r}{did_you_mean(key, self.options)}; "
                                  f"its options: {valid}")
+            option = self.options[key]
+            text = value if isinstance(value, str) else option.show(value)
             try:
-                out[key] = self.options[key].parse(value)
+                out[key] = option.parse(text)
             except (TypeError, ValueError) as e:
-                raise BenchError(f"task option {key}={value!r} is invalid ({e}); {self.options[key].help}") from None
+                raise BenchError(f"task option {key}={text!r} is invalid ({e}); {option.help}") from None
         return out
 
-    def run(self, acts: dict, layers: list[str], *, options: dict, seed: int, device: str = "cpu",
-            quiet: bool = False) -> list[dict]:
+    @staticmethod
+    def _split_pair(pair: str) -> tuple[str, str]:
+        key, sep, value = str(pair).partition("=")
+        if not sep:
+            raise BenchError(f"task option {pair!r} is not KEY=VALUE; e.g. -o max_iter=500")
+        return key, value
+
+    def run(self, ctx: RunContext) -> list[dict]:
         raise NotImplementedError
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    """A parser that accepts one of ``allowed``."""
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"choose {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return value

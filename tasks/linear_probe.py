@@ -18,8 +18,7 @@ import math
 
 import numpy as np
 
-from bench.runtime import progress_bar
-from tasks.base import Option, Task
+from tasks.base import Option, RunContext, Task, nonnegative_int, positive_int
 
 
 def _grid(text: str) -> list[float]:
@@ -29,21 +28,11 @@ def _grid(text: str) -> list[float]:
     return vals
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise ValueError("must be a positive integer")
-    return v
+def _show_grid(grid: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in grid)
 
 
-def _nonnegative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise ValueError("must be 0 or a positive integer")
-    return v
-
-
-DEFAULT_GRID = ",".join(f"{10 ** (e / 2):.3g}" for e in range(-14, 1))  # 1e-7 ... 1, two per decade
+DEFAULT_GRID = _grid(",".join(f"{10 ** (e / 2):.3g}" for e in range(-14, 1)))  # 1e-7 ... 1, two per decade
 BLOCK_ROWS = 8192
 
 
@@ -181,28 +170,29 @@ class LinearProbe(Task):
     description = "per-layer logistic regression; L2 strength chosen on val, refit on train+val; top-1"
     splits = ("train", "val", "test")
     options = {
-        "l2_grid": Option(DEFAULT_GRID, _grid, "comma-separated positive L2 strengths, e.g. 1e-4,1e-3,1e-2"),
-        "max_iter": Option(1000, _positive_int, "L-BFGS iterations per fit, a positive integer"),
-        "patience": Option(2, _nonnegative_int,
+        "l2_grid": Option(DEFAULT_GRID, _grid, "comma-separated positive L2 strengths, e.g. 1e-4,1e-3,1e-2",
+                          show=_show_grid),
+        "max_iter": Option(1000, positive_int, "L-BFGS iterations per fit, a positive integer"),
+        "patience": Option(2, nonnegative_int,
                            "stop the grid walk after this many strengths in a row below the best val "
                            "top-1 (0 walks the whole grid)"),
     }
     columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "l2"): "chosen L2"}
 
-    def run(self, acts, layers, *, options, seed, device="cpu", quiet=False):
+    def run(self, ctx: RunContext) -> list[dict]:
         import torch
 
-        torch.manual_seed(seed)
-        grid = options["l2_grid"] if isinstance(options["l2_grid"], list) else _grid(options["l2_grid"])
+        torch.manual_seed(ctx.seed)
+        grid, acts = ctx.options["l2_grid"], ctx.acts
         ytr, yva, yte = (acts[s].labels for s in ("train", "val", "test"))
         n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
         records = []
-        with progress_bar("linear probe", len(layers) * (len(grid) + 1), quiet) as bar:
-            for layer in layers:
+        with ctx.progress("linear probe", len(ctx.layers) * (len(grid) + 1)) as bar:
+            for layer in ctx.layers:
                 Xtr, Xva, Xte = (acts[s].read(layer) for s in ("train", "val", "test"))
                 va, va_se, te, te_se, lam = probe_layer(
-                    Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, options["max_iter"], device,
-                    on_fit=lambda: bar.advance(1), patience=options["patience"],
+                    Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, ctx.options["max_iter"], ctx.device,
+                    on_fit=lambda: bar.advance(1), patience=ctx.options["patience"],
                 )
                 records += [
                     {"layer": layer, "split": "val", "metric": "top1", "value": va, "stderr": va_se, "n": len(yva)},

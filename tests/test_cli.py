@@ -14,13 +14,14 @@ def test_run_resnet18_digits_prints_a_row_per_stage_and_writes_records(bench, tm
     for stage in ("act1", "layer1", "layer2", "layer3", "layer4"):
         assert stage in r.out
     assert "val top-1" in r.out and "test top-1" in r.out and "chosen L2" in r.out
-    doc = json.loads((tmp_path / "res" / "resnet18__digits__linear-probe__seed0.json").read_text())
+    (path,) = (tmp_path / "res").glob("resnet18__digits__linear-probe__*.json")
+    doc = json.loads(path.read_text())
     recs = doc["records"]
     assert {(x["layer"], x["split"], x["metric"]) for x in recs} >= {
         ("layer1", "val", "top1"), ("layer1", "test", "top1"), ("layer1", "val", "l2")}
     rec = recs[0]
-    for key in ("backbone", "fingerprint", "dataset", "task", "layer", "split", "metric", "value",
-                "stderr", "seed", "config", "versions", "git_commit", "time"):
+    for key in ("backbone", "fingerprint", "weights", "step", "tag", "run", "dataset", "task", "layer", "split",
+                "metric", "value", "stderr", "seed", "config", "versions", "git_commit", "time"):
         assert key in rec
     assert rec["versions"]["torch"] and len(rec["fingerprint"]) == 64
     tops = [x["value"] for x in recs if x["metric"] == "top1"]
@@ -40,26 +41,35 @@ def test_report_and_compare_through_the_real_console_script(tmp_path):
     assert set(df.backbone) == {"pixels", "resnet18"}
     assert set(df[df.metric == "top1"].split) == {"val", "test"}
     md = bench_subprocess("report", res, "--format", "md", "--best")
-    assert md.code == 0 and md.out.startswith("| backbone |") and "best by val" in md.out
-    # Non-default task options give the file a suffix of their own, so runs never overwrite each other.
-    (a,) = res.glob("pixels__digits__linear-probe__seed0__n300__o*.json")
-    (b,) = res.glob("resnet18__digits__linear-probe__seed0__n300__o*.json")
+    assert md.code == 0 and md.out.startswith("| backbone |"), md
+    assert sum("*" in line for line in md.out.splitlines() if "| resnet18 |" in line) == 3  # one layer's 3 rows
+    (a,) = res.glob("pixels__digits__linear-probe__*.json")
+    (b,) = res.glob("resnet18__digits__linear-probe__*.json")
     c = bench_subprocess("compare", a, b, "--format", "csv")
     assert c.code == 0, c
     cmp = pd.read_csv(__import__("io").StringIO(c.out))
     best = cmp[(cmp.layer == "best by val") & (cmp.split == "test") & (cmp.metric == "top1")]
     assert len(best) == 1
     row = best.iloc[0]
-    assert abs(row["delta"] - (row["value B"] - row["value A"])) < 1e-9
+    value = {k: float(row[k]) for k in ("pixels", "resnet18", "Δ resnet18")}
+    assert abs(value["Δ resnet18"] - (value["resnet18"] - value["pixels"])) < 1e-9
+    chosen = cmp[cmp.metric == "layer chosen"].iloc[0]
+    assert chosen["pixels"] == "pixels" and chosen["resnet18"] in ("act1", "layer1", "layer2", "layer3", "layer4")
 
 
-def test_second_run_reuses_the_cache(bench, tmp_path):
+def test_a_finished_run_is_skipped_and_rerun_reuses_the_activation_cache(bench, tmp_path):
     args = ("run", "-b", "pixels", "-t", "linear-probe", "-d", "digits", "--limit", "200", "--results", tmp_path)
     first = bench(*args)
     second = bench(*args)
-    assert first.code == second.code == 0
-    assert "extracted" in first.err and "reused" in second.err and "extracted" not in second.err
-    assert first.out == second.out  # same seed, same numbers
+    third = bench(*args, "--rerun")
+    assert first.code == second.code == third.code == 0
+    notes = lambda r: [line.split(" ")[1] for line in r.err.splitlines()]  # noqa: E731 - "train: extracted …"
+    assert notes(first) == ["extracted"] * 3
+    assert second.err.startswith("skipped (done already") and len(second.err.splitlines()) == 1
+    assert notes(third) == ["reused"] * 3
+    table = lambda r: r.out.split("results")[0]  # noqa: E731
+    assert table(first) == table(second) == table(third)  # same seed, same numbers
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
 
 def test_listing_and_showing(bench):
@@ -101,4 +111,4 @@ def test_demo_pretrains_probes_three_backbones_and_draws_completions(bench, tmp_
         assert name in table
     assert (tmp_path / "res" / "demo-completions.png").is_file()
     assert (tmp_path / "res" / "demo-igpt-tiny-digits" / "checkpoints" / "step-0000020").is_dir()
-    assert len(list((tmp_path / "res").glob("*__digits__linear-probe__seed0.json"))) == 3
+    assert len(list((tmp_path / "res").glob("*__digits__linear-probe__*.json"))) == 3

@@ -1,0 +1,139 @@
+"""One job: dataset -> backbone -> (activation files, cached) -> task -> one results file.
+
+A job is identified by what it measures (``bench.records.result_identity``); a finished results
+file with the same identity is reused rather than recomputed unless ``rerun`` is set. Sweeps over
+many jobs live in ``bench.sweep``; the Python API in ``bench.api``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from backbones.base import Backbone, BackboneOptions, DataSpec, create_backbone, weights_label
+from bench.datasets import SplitData, load_split
+from bench.errors import BenchError
+from bench.extract import extract
+from bench.provenance import git_commit, now, versions
+from bench.records import finished_run, result_identity, results_path, run_id, write_results
+from bench.registry import TASKS
+from bench.store import check_writable, data_digest
+from tasks.base import RunContext, Task
+
+
+@dataclass(frozen=True)
+class Job:
+    """One combination of a sweep: which backbone and weights, dataset and task."""
+
+    backbone: str
+    dataset: str
+    task: str
+    options: BackboneOptions = BackboneOptions()
+    task_options: dict = field(default_factory=dict)  # KEY -> value (text or parsed)
+
+    def describe(self) -> str:
+        weights = f" --weights {self.options.weights}" if self.options.weights else ""
+        return f"{self.backbone}{weights} · {self.task} · {self.dataset}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every job of a sweep shares."""
+
+    layers: str | list[str] | None = "all"
+    data_root: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    tag: str | None = None
+    batch_size: int = 256
+    device: str = "cpu"
+    results_dir: str | Path = "bench-results"
+    cache_dir: str | Path | None = None
+    rerun: bool = False
+    quiet: bool = False
+    log: Callable[[str], None] | None = None  # notes such as "reused <file>"; None: silent
+
+
+@dataclass
+class Outcome:
+    """What a job produced: its results file and records, and whether it ran or was reused."""
+
+    job: Job
+    status: str  # "ran" or "skipped" (a finished file with the same identity existed)
+    path: Path
+    records: list[dict]
+    task: Task
+
+
+def run_job(job: Job, settings: Settings) -> Outcome:
+    """Validate everything first, then (unless a finished results file has the same identity)
+    extract what the task needs, run it and write the results file."""
+    t0 = time.time()
+    log = settings.log or (lambda msg: None)
+    task = TASKS.get(job.task)()
+    options = task.parse_options(job.task_options)
+    splits = task.splits_for(options)
+    data = {split: load_split(job.dataset, split, settings.data_root, settings.limit, settings.seed)
+            for split in splits}
+    backbone = create_backbone(job.backbone, DataSpec.of(data[splits[0]].images), job.options)
+    if task.requires_generative and not getattr(backbone, "generative", False):
+        raise BenchError(f"task {job.task!r} needs a generative backbone (e.g. igpt); {job.backbone!r} is not one")
+    layers = backbone.check_layers(settings.layers)
+    identity = result_identity(
+        fingerprint=backbone.fingerprint, dataset=job.dataset,
+        data_digests={s: data_digest(d.images, d.labels, d.indices) for s, d in data.items()},
+        task=job.task, options=options, layers=layers, seed=settings.seed, limit=settings.limit, tag=settings.tag)
+    out = results_path(settings.results_dir, backbone.name, weights_label(backbone), identity)
+    if not settings.rerun:
+        done = finished_run(out, identity)
+        if done is not None:
+            log(f"skipped (done already; --rerun to redo): {out}")
+            return Outcome(job, "skipped", out, done, task)
+    check_writable(out, "--results folder")
+
+    ctx = RunContext(backbone=backbone, layers=layers, options=options, seed=settings.seed,
+                     device=settings.device, data=data, artifacts=out.with_suffix(""), log=log,
+                     quiet=settings.quiet)
+    cache = {}
+    if task.reads == "model":
+        backbone.to(settings.device)
+    else:
+        for split in splits:
+            ctx.acts[split], cache[split] = extract(
+                backbone, data[split], layers, limit=settings.limit, seed=settings.seed,
+                cache_dir=settings.cache_dir, batch_size=settings.batch_size, device=settings.device,
+                quiet=settings.quiet, log=log)
+            log(f"{split}: {cache[split]} {ctx.acts[split].path}")
+    t_inputs = time.time() - t0
+    raw = task.run(ctx)
+    if not raw:
+        raise BenchError(f"task {job.task!r} produced no results")
+    records, run_info = _stamp(job, settings, backbone, identity, layers, options, data, ctx.acts, cache, raw)
+    run_info["seconds"] = {"inputs": round(t_inputs, 3), "total": round(time.time() - t0, 3)}
+    path = write_results(out, run_info, records)
+    return Outcome(job, "ran", path, [dict(r, file=str(path)) for r in records], task)
+
+
+def _stamp(job: Job, settings: Settings, backbone: Backbone, identity: dict, layers: list[str], options: dict,
+           data: dict[str, SplitData], acts: dict, cache: dict, raw: list[dict]) -> tuple[list[dict], dict]:
+    """Records with the provenance stamped on, and the results file's ``run`` header."""
+    config = {"backbone_options": job.options.to_dict(), "task_options": options, "layers": layers,
+              "batch_size": settings.batch_size, "device": settings.device, "data_root": settings.data_root}
+    stamp = {
+        "backbone": backbone.name, "fingerprint": backbone.fingerprint, "weights": backbone.weights,
+        "step": backbone.step, "tag": settings.tag, "run": run_id(identity), "dataset": job.dataset,
+        "task": job.task, "seed": settings.seed, "limit": settings.limit, "config": config,
+        "versions": versions(), "git_commit": git_commit(), "time": now(),
+    }
+    records = [dict(stamp, **r, layer_index=layers.index(r["layer"]) if r.get("layer") in layers else None)
+               for r in raw]
+    run_info = {
+        **stamp,
+        "identity": identity,
+        "backbone_provenance": backbone.provenance(),
+        "splits": {s: {"rows": len(d), "activations": str(acts[s].path) if s in acts else None,
+                       "cache": cache.get(s, "model"), "data": d.info} for s, d in data.items()},
+    }
+    return records, run_info
