@@ -22,7 +22,7 @@ MARK = " *"
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    """A tidy frame (one number per row); runs in (dataset, task, backbone, step, tag) order,
+    """A tidy frame (one number per row); runs in (dataset, backbone, weights, step, tag, task) order,
     layers in depth order within each run. ``file`` is the run's results file."""
     df = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=TIDY)
     for column in TIDY + ["layer_index", "fingerprint", "file"]:
@@ -32,7 +32,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
     df["run"] = df["run"].where(df["run"].notna(), df["file"].map(lambda f: Path(str(f)).stem))
     df["step"] = pd.array(df["step"].where(df["step"].notna(), None), dtype="Int64")
     df["weights"] = df["weights"].map(_short_weights)
-    order = ["dataset", "task", "backbone", "step", "tag", "file", "layer_index", "split", "metric"]
+    order = ["dataset", "backbone", "weights", "step", "tag", "task", "file", "layer_index", "split", "metric"]
     df = df.sort_values(order, kind="stable", na_position="first")
     return df[TIDY + [c for c in df.columns if c not in TIDY]].reset_index(drop=True)
 
