@@ -88,7 +88,7 @@ def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: 
 
 def probe_benchmark(backbone: str, options, dataset: str, *, layers="all", task_options=(), data_root=None,
                     limit=None, batch_size: int = 256, device: str = "cpu", quiet: bool = True,
-                    log=None) -> "pd.DataFrame":
+                    log=None) -> pd.DataFrame:
     """`bench benchmark probe`: per layer, our probe and looped sklearn on the same features."""
     import pandas as pd
 
@@ -115,7 +115,7 @@ def probe_benchmark(backbone: str, options, dataset: str, *, layers="all", task_
 
 
 def pretrain_benchmark(shape: str, image_size: int, colors: int, batch_size: int, steps: int,
-                       device: str = "cpu") -> "pd.DataFrame":
+                       device: str = "cpu") -> pd.DataFrame:
     """`bench benchmark pretrain`: a row per precision, with the speed-up against fp32."""
     import pandas as pd
 
@@ -125,7 +125,7 @@ def pretrain_benchmark(shape: str, image_size: int, colors: int, batch_size: int
                           f"loss after {steps + 2} steps": loss} for p, (t, loss) in res.items()])
 
 
-def sample_benchmark(backbone, n: int, seed: int = 0) -> "pd.DataFrame":
+def sample_benchmark(backbone, n: int, seed: int = 0) -> pd.DataFrame:
     """`bench benchmark sample`: KV-cached sampling against recomputing the prefix each step,
     from the same seed: seconds, speed-up and whether the images are the same."""
     import pandas as pd

@@ -58,7 +58,7 @@ def test_sample_complete_and_bits_per_dim_through_the_cli(bench, ckpt, tmp_path)
     assert w > h  # 3 rows of (original, shown, 2 completions)
     r = bench("-q", "run", "-b", "igpt", "--weights", ckpt, "-t", "bits-per-dim", "-d", "digits", "--results", tmp_path)
     assert r.code == 0, r
-    (f,) = tmp_path.glob("igpt__digits__bits-per-dim__seed0.json")
+    (f,) = tmp_path.glob("igpt@*__digits__bits-per-dim__*.json")
     rec = json.loads(f.read_text())["records"][0]
     assert rec["metric"] == "bits_per_dim" and rec["split"] == "test"
     # An untrained model over 16 colors is near log2(16) = 4 bits per (gray) sub-pixel.

@@ -17,10 +17,10 @@ PROBE = textwrap.dedent("""
     model = ImageGPT(IGPTConfig(n_colors=16, n_positions=196, n_embd=256, n_layer=2, n_head=8)).eval()
     x = torch.randint(0, 17, (128, 196))
     with torch.inference_mode():
-        model.hidden_states(x)  # the first batch faults its pages in either way
+        model.forward_intermediates(x)  # the first batch faults its pages in either way
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(3):
-            model.hidden_states(x)
+            model.forward_intermediates(x)
     print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
 

@@ -1,15 +1,17 @@
 """The Image GPT backbone: our own model (``model``), palettes (``palette``) and weight loading
 (``weights``), exposed to the harness as the ``igpt`` family of backbones.
 
-Names: ``igpt`` with ``--weights`` (a transformers-format ImageGPT folder), or a shape name
-(``igpt-tiny``, ``igpt-mini``, ``igpt-s`` …) for a seeded random init with a fixed uniform palette
-(``--weights`` may point such a shape at a folder too).
+Names: ``igpt`` with ``--weights`` (a transformers-format ImageGPT folder), or a shape for a
+seeded random init with a fixed uniform palette: a name (``igpt-tiny``, ``igpt-mini``, ``igpt-s`` …)
+or a spec ``igpt-<layers>x<width>[h<heads>]`` (``igpt-8x512``; see ``model.shape_config``).
+``--weights`` may point such a shape at a folder too.
 
 Features (the contract): an image becomes palette indices x1…xn in raster order (n = H·W); the
 model reads [SOS, x1, …, x(n−1)]. Layer ``h0`` is the embedding output, ``h1``…``hL`` the block
 outputs, ``final`` the last norm's output. The feature of ``hl`` is the mean over the n positions
 of the hidden state divided by its root-mean-square (eps 1e-5, no gain); ``final`` is the mean of
-the final-norm output.
+the final-norm output. ``features`` is differentiable (the extraction step owns
+``inference_mode``), and ``module`` is the model a fine-tuning task trains.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from backbones.base import Backbone, BackboneOptions, DataSpec, state_dict_diges
 from bench.errors import BenchError
 from bench.registry import match
 
-from .model import SHAPES, IGPTConfig, ImageGPT, with_sos
+from .model import SHAPE_SPEC, SHAPES, IGPTConfig, ImageGPT, is_shape_spec, shape_config, with_sos
 from .palette import Palette, tokenize
 
 FEATURE_EPS = 1e-5
@@ -41,11 +43,12 @@ class IGPTBackbone(Backbone):
 
     @staticmethod
     def handles(name: str) -> bool:
-        return name == "igpt" or name in SHAPES
+        # A malformed spec (igpt-8x) is ours too, so that create() says what to write.
+        return name == "igpt" or name in SHAPES or is_shape_spec(name)
 
     @staticmethod
     def list_names(pattern: str | None = None) -> list[str]:
-        return match(["igpt", *SHAPES], pattern)
+        return match(["igpt", *SHAPES, SHAPE_SPEC], pattern)
 
     def __init__(self, name: str, model: ImageGPT, palette: Palette, height: int, width: int,
                  source: dict):
@@ -54,16 +57,19 @@ class IGPTBackbone(Backbone):
         self.palette = palette
         self.height, self.width = height, width
         self.source = source
+        self.step = source.get("step")  # a checkpoint's training step (None for other weights)
+        self.weights = source["weights"] if "format" in source else None  # the checkpoint, not its run folder
         self.layers = model.layer_names
         self.device = "cpu"
         self._digest = None
 
     @classmethod
-    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "IGPTBackbone":
+    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> IGPTBackbone:
         import torch
 
         from .weights import load_pretrained
 
+        shape = None if name == "igpt" else shape_config(name)  # a bad spec fails before any loading
         if options.pretrained:
             raise BenchError("igpt has no --pretrained; pass --weights DIR (a transformers ImageGPT folder)")
         if options.weights:
@@ -72,13 +78,13 @@ class IGPTBackbone(Backbone):
                 raise BenchError(f"--image-size {options.image_size} does not fit the model's {h}x{w} positions; "
                                  "drop --image-size")
         else:
-            if name == "igpt":
+            if shape is None:
                 raise BenchError("backbone 'igpt' needs --weights DIR; or name a shape such as 'igpt-tiny' "
                                  "for a random init")
             h = w = options.image_size or max(spec.height, spec.width)
             torch.manual_seed(options.seed)
             palette = uniform_palette(spec.channels)
-            cfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **SHAPES[name])
+            cfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **shape)
             model = ImageGPT(cfg)
             source = {"weights": f"random-init(seed={options.seed})", "palette": "uniform"}
         if spec.channels == 3 and palette.channels == 1:
@@ -91,7 +97,7 @@ class IGPTBackbone(Backbone):
         return self
 
     def layer_widths(self):
-        return {l: self.model.cfg.n_embd for l in self.layers}
+        return {layer: self.model.cfg.n_embd for layer in self.layers}
 
     def tokens(self, images: np.ndarray) -> np.ndarray:
         """uint8 images -> palette indices (N, H*W), after resizing to the model's resolution."""
@@ -106,19 +112,23 @@ class IGPTBackbone(Backbone):
         """[SOS, x1, …, x(n−1)]."""
         return with_sos(tokens, self.model.cfg.sos)
 
+    @property
+    def module(self):
+        """The trainable torch module: the ImageGPT itself."""
+        return self.model
+
     def features(self, x, layers):
+        """{layer: pooled [B, C]}; differentiable, runs no block past the deepest layer."""
         import torch
 
-        deepest = max(layers, key=self.layers.index)
-        with torch.inference_mode():
-            hs = self.model.hidden_states(self.model_input(x.to(self.device)), upto=deepest)
-            out = {}
-            for l in layers:
-                h = hs[l].float()
-                if l != "final":
-                    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + FEATURE_EPS)
-                out[l] = h.mean(1)
-        return out
+        states = self.model.forward_intermediates(self.model_input(x.to(self.device)), layers, stop_early=True)
+        pooled = {}
+        for layer in layers:
+            state = states[layer].float()
+            if layer != "final":
+                state = state * torch.rsqrt(state.pow(2).mean(-1, keepdim=True) + FEATURE_EPS)
+            pooled[layer] = state.mean(1)
+        return pooled
 
     # -- generative side -------------------------------------------------------------------------
     generative = True

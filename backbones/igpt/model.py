@@ -7,17 +7,27 @@ The iGPT differences from GPT-2, all honoured here:
 - learned position embeddings; an untied head that predicts the colors only.
 
 Layer names: ``h0`` (token + position embeddings), ``h1``…``hL`` (block outputs), ``final``
-(after the last norm). ``hidden_states(idx, upto)`` runs no block past the deepest one asked for.
+(after the last norm). ``forward_intermediates(idx, indices, stop_early=True)`` returns the hidden
+states of those layers and runs no block past the deepest one asked for.
+
+The model owns its loss, as in nanoGPT: ``model(idx, targets)`` and ``model.loss(tokens)`` give the
+next-token cross-entropy in nats, computed in float32 even under autocast.
+
+Shapes: a name from ``SHAPES`` or a spec ``igpt-<layers>x<width>`` with an optional ``h<heads>``
+(``igpt-8x512``, ``igpt-8x512h4``); ``shape_config(name)`` turns either into config keywords.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
+
+from bench.errors import BenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -48,14 +58,55 @@ class IGPTConfig:
 
 # The paper's sizes (32x32 input, 512 colors) and small ones that train on a CPU.
 SHAPES = {
-    "igpt-s": dict(n_embd=512, n_layer=24, n_head=8),
-    "igpt-m": dict(n_embd=1024, n_layer=36, n_head=8),
-    "igpt-l": dict(n_embd=1536, n_layer=48, n_head=16),
-    "igpt-xl": dict(n_embd=3072, n_layer=60, n_head=16),
-    "igpt-wide": dict(n_embd=256, n_layer=4, n_head=8),
-    "igpt-mini": dict(n_embd=128, n_layer=8, n_head=4),
-    "igpt-tiny": dict(n_embd=64, n_layer=4, n_head=4),
+    "igpt-s": {"n_embd": 512, "n_layer": 24, "n_head": 8},
+    "igpt-m": {"n_embd": 1024, "n_layer": 36, "n_head": 8},
+    "igpt-l": {"n_embd": 1536, "n_layer": 48, "n_head": 16},
+    "igpt-xl": {"n_embd": 3072, "n_layer": 60, "n_head": 16},
+    "igpt-wide": {"n_embd": 256, "n_layer": 4, "n_head": 8},
+    "igpt-mini": {"n_embd": 128, "n_layer": 8, "n_head": 4},
+    "igpt-tiny": {"n_embd": 64, "n_layer": 4, "n_head": 4},
 }
+
+# Any other depth and width: igpt-<layers>x<width>, heads from the width unless h<heads> is given.
+SHAPE_SPEC = "igpt-<L>x<W>"
+_SPEC = re.compile(r"igpt-(?P<layers>\d+)x(?P<width>\d+)(?:h(?P<heads>\d+))?")
+_SPEC_ATTEMPT = re.compile(r"igpt-[\dx]")  # what a user who meant a spec writes first
+_HOW = "write igpt-<layers>x<width>, optionally with h<heads>, e.g. igpt-8x512 or igpt-8x512h4"
+MAX_LAYERS, MAX_WIDTH = 512, 16384  # beyond XL (60 x 3072) by far: a larger number is a typo
+
+
+def default_heads(width: int) -> int:
+    """The most heads of at least 64 channels that divide ``width`` (1 below 128): igpt-8x512 has
+    8 heads of 64, igpt-8x200 2 heads of 100, igpt-4x64 one head."""
+    return next(heads for heads in range(max(1, width // 64), 0, -1) if width % heads == 0)
+
+
+def is_shape_spec(name: str) -> bool:
+    """Whether ``name`` is, or was meant as, an ``igpt-<L>x<W>`` spec (``igpt-8x``, ``igpt-x64`` too)."""
+    return _SPEC_ATTEMPT.match(name) is not None
+
+
+def shape_config(name: str) -> dict:
+    """``IGPTConfig`` keywords (n_embd, n_layer, n_head) of a named shape or an ``igpt-<L>x<W>[h<H>]``
+    spec; a ``BenchError`` saying what to write for anything else."""
+    if name in SHAPES:
+        return dict(SHAPES[name])
+    spec = _SPEC.fullmatch(name)
+    if spec is None:
+        if is_shape_spec(name):
+            raise BenchError(f"malformed iGPT shape {name!r}: {_HOW}")
+        raise BenchError(f"unknown iGPT shape {name!r}{did_you_mean(name, SHAPES)}; choose one of "
+                         f"{', '.join(SHAPES)}, or {_HOW}")
+    layers, width = int(spec["layers"]), int(spec["width"])
+    if not 1 <= layers <= MAX_LAYERS:
+        raise BenchError(f"iGPT shape {name!r} has {layers} layers; layers must lie in 1..{MAX_LAYERS}, e.g. igpt-8x512")
+    if not 1 <= width <= MAX_WIDTH:
+        raise BenchError(f"iGPT shape {name!r} is {width} wide; the width must lie in 1..{MAX_WIDTH}, e.g. igpt-8x512")
+    heads = default_heads(width) if spec["heads"] is None else int(spec["heads"])
+    if heads < 1 or width % heads:
+        raise BenchError(f"iGPT shape {name!r}: {heads} heads do not divide the width {width}; choose heads "
+                         f"that divide it, or drop h{spec['heads']} for the default ({default_heads(width)})")
+    return {"n_embd": width, "n_layer": layers, "n_head": heads}
 
 
 class RMSNorm(nn.Module):
@@ -151,22 +202,65 @@ class ImageGPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)
         return self.wte(idx) + self.wpe(pos)
 
-    def hidden_states(self, idx, upto: str | None = None) -> dict[str, torch.Tensor]:
-        """{layer: [B, T, C]} for h0 … up to ``upto`` (default: all, with ``final``)."""
-        names = self.layer_names
-        last = names.index(upto) if upto is not None else len(names) - 1
-        x = self.embed(idx)
-        out = {"h0": x}
-        for i, block in enumerate(self.h[: min(last, self.cfg.n_layer)], start=1):
-            x = block(x)
-            out[f"h{i}"] = x
-        if last == len(names) - 1:
-            out["final"] = self.ln_f(x)
-        return out
+    def forward_intermediates(self, idx, indices=None, stop_early: bool = False) -> dict[str, torch.Tensor]:
+        """The hidden states {layer: [B, T, C]} of model input ``idx`` at the layers ``indices``,
+        in depth order, as timm's ``forward_intermediates(x, indices, stop_early)``.
 
-    def forward(self, idx):
-        """Logits over the colors, [B, T, n_colors]."""
-        return self.head(self.hidden_states(idx)["final"])
+        ``indices``: a list of layer names (``h0`` … ``hL``, ``final``) or positions in
+        ``layer_names`` (``-1`` is ``final``); None asks for every layer. With ``stop_early`` no
+        block past the deepest requested layer runs. A dict keyed by layer name rather than
+        timm's list: names are what ``--layers`` and the activation files speak, and ``final``
+        (after the last norm) is no block index.
+        """
+        names = self.layer_names
+        wanted = self._requested_layers(indices)
+        deepest = max(map(names.index, wanted)) if stop_early else len(names) - 1
+        x = self.embed(idx)
+        states = {"h0": x} if "h0" in wanted else {}
+        for depth, block in enumerate(self.h[:deepest], start=1):  # deepest is n_layer + 1 for final
+            x = block(x)
+            if f"h{depth}" in wanted:
+                states[f"h{depth}"] = x
+        if "final" in wanted:
+            states["final"] = self.ln_f(x)
+        return {name: states[name] for name in wanted}
+
+    def _requested_layers(self, indices) -> list[str]:
+        """``indices`` (names or positions; None: all) as layer names in depth order."""
+        names = self.layer_names
+        if indices is None:
+            return names
+        if isinstance(indices, (str, int)):
+            raise TypeError(f"indices is a list of layer names or positions, e.g. ['h2'], not {indices!r}")
+        requested = set()
+        for index in indices:
+            if isinstance(index, int):
+                if not -len(names) <= index < len(names):
+                    raise IndexError(f"layer position {index} is out of range for {len(names)} layers")
+                index = names[index]
+            elif index not in names:
+                raise ValueError(f"unknown layer {index!r}; the layers are h0 … h{self.cfg.n_layer} and final")
+            requested.add(index)
+        if not requested:
+            raise ValueError("no layer requested; pass at least one layer name or position")
+        return sorted(requested, key=names.index)
+
+    def forward(self, idx, targets=None, reduction: str = "mean"):
+        """Logits over the colors [B, T, n_colors] for model input ``idx``. Given ``targets`` (the
+        palette token each position predicts, [B, T]): the cross-entropy in nats instead, computed
+        in float32 from the logits even under autocast; ``reduction`` as in ``F.cross_entropy``
+        ("none" gives [B, T])."""
+        logits = self.head(self.forward_intermediates(idx, ["final"])["final"])
+        if targets is None:
+            return logits
+        with torch.autocast(logits.device.type, enabled=False):
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
+        return loss.view_as(targets) if reduction == "none" else loss
+
+    def loss(self, tokens, reduction: str = "mean"):
+        """Next-token cross-entropy (nats) of palette tokens x1…xn [B, n]: the model reads
+        [SOS, x1, …, x(n−1)] and predicts x1…xn."""
+        return self(with_sos(tokens, self.cfg.sos), tokens, reduction)
 
     def step(self, idx, caches: list[dict], start: int):
         """Logits for new tokens ``idx`` at positions start…, reusing and extending ``caches``."""

@@ -39,7 +39,7 @@ class Palette:
     # -- constructing ------------------------------------------------------------------------
     @classmethod
     def fit(cls, images: np.ndarray, n_colors: int | None = None, seed: int = 0,
-            max_pixels: int = 200_000) -> "Palette":
+            max_pixels: int = 200_000) -> Palette:
         """k-means (scikit-learn) on up to ``max_pixels`` pixels sampled from ``images``."""
         from sklearn.cluster import KMeans
 
@@ -59,7 +59,7 @@ class Palette:
         return cls(np.clip(centers[order], -1.0, 1.0))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Palette":
+    def load(cls, path: str | Path) -> Palette:
         """From a transformers preprocessor_config.json (``clusters``), a .npy (OpenAI's
         kmeans_centers.npy) or our own palette .json."""
         path = Path(path)

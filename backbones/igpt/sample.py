@@ -43,7 +43,7 @@ def generate(model: ImageGPT, prefix: torch.Tensor, n_positions: int, *, tempera
             if t + 1 < n_positions:
                 logits = model.step(nxt, caches, t + 1)[:, -1]
     else:
-        for t in range(P, n_positions):
+        for _ in range(P, n_positions):
             logits = model(seq)[:, -1]
             seq = torch.cat([seq, _draw(logits, temperature, top_k, gen)], dim=1)
     return seq[:, 1:]

@@ -25,7 +25,7 @@ import numpy as np
 from bench.errors import BenchError
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
-from .model import SHAPES, IGPTConfig, ImageGPT, with_sos
+from .model import IGPTConfig, ImageGPT, shape_config, with_sos
 from .palette import DEFAULT_COLORS, Palette, tokenize
 
 
@@ -62,22 +62,16 @@ def autocast_for(precision: str, device: str):
     return contextlib.nullcontext()
 
 
-def require_shape(name: str, verb: str) -> None:
-    """A one-line error for a name that is not one of the iGPT shapes."""
-    if name not in SHAPES:
-        from bench.errors import did_you_mean
-
-        raise BenchError(f"cannot {verb} {name!r}{did_you_mean(name, SHAPES)}; choose one of {', '.join(SHAPES)}")
-
-
-def train_step(net, opt, x, sos: int, autocast, grad_clip: float):
-    """One optimizer step of next-token cross-entropy on palette tokens ``x``; returns the loss."""
+def train_step(net, opt, tokens, autocast, grad_clip: float):
+    """One optimizer step of the model's next-token cross-entropy on palette ``tokens``; returns
+    the loss. ``net`` is the ImageGPT or its DistributedDataParallel wrapper; the step calls its
+    forward (``net(input, targets)``, the body of ``ImageGPT.loss``) rather than ``loss`` because
+    DistributedDataParallel syncs the gradients of what runs through its forward only."""
     import torch
-    import torch.nn.functional as F
 
+    sos = getattr(net, "module", net).cfg.sos
     with autocast:
-        logits = net(with_sos(x, sos))
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1))
+        loss = net(with_sos(tokens, sos), tokens)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -105,21 +99,19 @@ def batch_rows(step: int, n: int, batch: int, seed: int) -> np.ndarray:
 def bits_per_dim(model: ImageGPT, tokens, channels: int, batch_size: int = 64, device: str = "cpu") -> float:
     """Mean negative log-likelihood of palette tokens in bits, per sub-pixel (token / channels)."""
     import torch
-    import torch.nn.functional as F
 
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for s in range(0, len(tokens), batch_size):
             x = torch.as_tensor(tokens[s : s + batch_size], dtype=torch.long, device=device)
-            logits = model(with_sos(x, model.cfg.sos)).float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
+            total += model.loss(x, reduction="sum").item()
             count += x.numel()
     return total / count / math.log(2) / channels
 
 
 def _validate(cfg: TrainConfig) -> None:
-    require_shape(cfg.backbone, "pretrain")
+    shape_config(cfg.backbone)  # a one-line error for anything but an iGPT shape
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -158,7 +150,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(device)
     if cfg.batch_size % world:
         raise BenchError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
@@ -182,7 +174,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     train_tok, val_tok = tokenize(train.images, palette, h, w), tokenize(val.images, palette, h, w)
 
     torch.manual_seed(cfg.seed)
-    mcfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **SHAPES[cfg.backbone])
+    mcfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **shape_config(cfg.backbone))
     model = ImageGPT(mcfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -191,7 +183,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start = 0
     if latest is not None:
-        loaded, _, _, meta = load_checkpoint(latest)
+        loaded, _, _, _ = load_checkpoint(latest)
         model.load_state_dict(loaded.state_dict())
         state = load_train_state(latest)
         opt.load_state_dict(state["optimizer"])
@@ -217,7 +209,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
             model.train()
             rows = batch_rows(step, len(train_tok), cfg.batch_size, cfg.seed)[rank * per_rank : (rank + 1) * per_rank]
             x = torch.as_tensor(train_tok[np.sort(rows)], dtype=torch.long, device=device)
-            loss = train_step(net, opt, x, mcfg.sos, autocast, cfg.grad_clip)
+            loss = train_step(net, opt, x, autocast, cfg.grad_clip)
             sched.step()
             bar.advance(1)
             done = step + 1

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
 from .model import IGPTConfig, ImageGPT, from_transformers_state_dict
 from .palette import Palette
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _read_config(folder: Path) -> tuple[IGPTConfig, dict]:
