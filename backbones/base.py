@@ -44,7 +44,7 @@ class DataSpec:
     width: int
 
     @classmethod
-    def of(cls, images: np.ndarray) -> "DataSpec":
+    def of(cls, images: np.ndarray) -> DataSpec:
         return cls(channels=int(images.shape[3]), height=int(images.shape[1]), width=int(images.shape[2]))
 
 
@@ -80,7 +80,7 @@ class Backbone:
         return None
 
     @classmethod
-    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "Backbone":
+    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> Backbone:
         raise NotImplementedError
 
     def layer_widths(self) -> dict[str, int]:
@@ -107,7 +107,7 @@ class Backbone:
     def provenance(self) -> dict:
         return {"backbone": self.name, "fingerprint": self.fingerprint, "config": self.config()}
 
-    def to(self, device) -> "Backbone":
+    def to(self, device) -> Backbone:
         return self
 
     def check_layers(self, layers: list[str] | str | None) -> list[str]:
@@ -116,13 +116,13 @@ class Backbone:
             return list(self.layers)
         if isinstance(layers, str):
             layers = [s.strip() for s in layers.split(",") if s.strip()]
-        unknown = [l for l in layers if l not in self.layers]
+        unknown = [layer for layer in layers if layer not in self.layers]
         if unknown or not layers:
             raise BenchError(
                 f"unknown layer {', '.join(map(repr, unknown)) or '(none given)'} for backbone "
                 f"{self.name!r}; valid layers: {', '.join(self.layers)} (or 'all')"
             )
-        return [l for l in self.layers if l in set(layers)]
+        return [layer for layer in self.layers if layer in set(layers)]
 
 
 def state_dict_digest(state_dict) -> str:
@@ -190,10 +190,12 @@ def weights_label(backbone: Backbone) -> str | None:
 
 def summary(backbone: Backbone, spec: DataSpec) -> dict:
     """Parameters and forward FLOPs per image up to the deepest layer (counted by
-    ``torch.utils.flop_counter`` on one blank image; matrix products only, 2 FLOPs per MAC)."""
+    ``torch.utils.flop_counter`` on one blank image: matrix products and attention, 2 FLOPs per
+    multiply-add; attention counted whole, as the flop counter does, causal or not)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    _count_cpu_attention()
     module = backbone.module
     out = {"parameters": sum(p.numel() for p in module.parameters()) if module is not None else 0}
     x = backbone.preprocess(np.zeros((1, spec.height, spec.width, spec.channels), dtype=np.uint8))
@@ -202,3 +204,15 @@ def summary(backbone: Backbone, spec: DataSpec) -> dict:
         backbone.features(x, list(backbone.layers))
     out["flops_per_image"] = int(counter.get_total_flops())
     return out
+
+
+def _count_cpu_attention() -> None:
+    """torch's flop counter knows the GPU attention kernels but not the CPU one that SDPA runs
+    here (``_scaled_dot_product_flash_attention_for_cpu``); give it the same formula."""
+    import torch
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry or op.default in flop_counter.flop_registry:
+        return
+    flop_counter.register_flop_formula(op, get_raw=True)(flop_counter.sdpa_flop)  # already shape-wrapped

@@ -19,7 +19,7 @@ class PixelsBackbone(Backbone):
         self.spec = spec
 
     @classmethod
-    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "PixelsBackbone":
+    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> PixelsBackbone:
         if options.pretrained or options.weights or options.image_size:
             raise BenchError("backbone 'pixels' takes no --pretrained, --weights or --image-size")
         return cls(spec)

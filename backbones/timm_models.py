@@ -64,7 +64,7 @@ class TimmBackbone(Backbone):
         self.device = "cpu"
 
     @classmethod
-    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> "TimmBackbone":
+    def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> TimmBackbone:
         import timm
         import torch
 
@@ -109,7 +109,7 @@ class TimmBackbone(Backbone):
         return dict(self._widths)
 
     def layer_info(self) -> dict[str, dict]:
-        return {l: {"width": self._widths[l], "reduction": self._reduction[l]} for l in self.layers}
+        return {layer: {"width": self._widths[layer], "reduction": self._reduction[layer]} for layer in self.layers}
 
     def preprocess(self, images: np.ndarray):
         import torch

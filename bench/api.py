@@ -40,8 +40,8 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
     (after running all the others) when any failed.
     """
     from bench import sweep
-    from bench.report import frame
     from bench.job import Settings
+    from bench.report import frame
 
     settings = Settings(layers=layers, data_root=data_root, limit=limit, seed=seed, tag=tag,
                         batch_size=batch_size, device=_device(device), results_dir=results, cache_dir=cache,

@@ -109,8 +109,9 @@ def backbones_list(pattern):
     Example:
       bench backbones list 'convnext_*'
     """
-    from bench.registry import BACKBONES, match
     from rich.table import Table
+
+    from bench.registry import BACKBONES, match
 
     t = Table("name", "source", "about")
     for name in BACKBONES.names():
@@ -140,8 +141,9 @@ def backbones_show(name, dataset, data_root, pretrained, weights, image_size, se
     Example:
       bench backbones show resnet18 --dataset fashion-mnist
     """
-    from backbones.base import BackboneOptions, DataSpec, create_backbone, summary
     from rich.table import Table
+
+    from backbones.base import BackboneOptions, DataSpec, create_backbone, summary
 
     if dataset:
         from bench.datasets import load_split

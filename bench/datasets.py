@@ -12,7 +12,6 @@ run seed.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import struct

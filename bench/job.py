@@ -8,9 +8,9 @@ many jobs live in ``bench.sweep``; the Python API in ``bench.api``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from backbones.base import Backbone, BackboneOptions, DataSpec, create_backbone, weights_label
 from bench.datasets import SplitData, load_split

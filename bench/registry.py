@@ -11,9 +11,10 @@ time that name is resolved. A name claimed by two sources is an error naming bot
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable
+from typing import Any
 
 from bench.errors import BenchError, did_you_mean
 
@@ -60,6 +61,11 @@ class Registry:
     def _add(self, entry: _Entry) -> None:
         self._scan()
         old = self._entries.get(entry.name)
+        if old is not None and old.entry_point is None and old.source == entry.source:
+            # The same module:class registering again (a notebook cell run twice, a reloaded
+            # module): the newer definition replaces the older one.
+            self._entries[entry.name] = entry
+            return
         if old is not None:
             # Loading an entry point imports its module; if that module also uses the decorator
             # for the very same object, that is one registration, not two.

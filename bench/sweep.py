@@ -16,8 +16,8 @@ from pathlib import Path
 
 from backbones.base import BackboneOptions, resolve
 from bench.errors import BenchError
-from bench.registry import DATASETS, TASKS
 from bench.job import Job, Outcome, Settings, run_job
+from bench.registry import DATASETS, TASKS
 from tasks.base import Task
 
 GLOB_CHARS = re.compile(r"[*?\[]")

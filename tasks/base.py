@@ -22,9 +22,10 @@ under ``ctx.artifacts``, a folder beside the results file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.errors import BenchError, did_you_mean
 
@@ -48,7 +49,7 @@ class Option:
 class RunContext:
     """Everything a task run gets: the same object for both kinds of task."""
 
-    backbone: "Backbone"
+    backbone: Backbone
     layers: list[str]
     options: dict
     seed: int = 0

@@ -71,7 +71,7 @@ class LogisticRegressionLBFGS:
         Q = Q.to(X.dtype)
         return X @ Q, Q, s.clamp(min=0).to(X.dtype)
 
-    def fit(self, X, y, lam: float, warm: "LogisticRegressionLBFGS | None" = None, basis=None):
+    def fit(self, X, y, lam: float, warm: LogisticRegressionLBFGS | None = None, basis=None):
         import torch
 
         Z, Q, s = basis if basis is not None else self.eigenbasis(X, self.device)

@@ -56,7 +56,7 @@ def bench_subprocess(*args, env=None, timeout=600):
 def assert_user_error(r: Result, *fragments: str):
     """Exit 2, exactly one line on stderr starting with 'error:', no traceback, fragments present."""
     assert r.code == 2, r
-    lines = [l for l in r.err.splitlines() if l.strip()]
+    lines = [line for line in r.err.splitlines() if line.strip()]
     assert len(lines) == 1, r
     assert lines[0].startswith("error: "), r
     assert "Traceback" not in r.err + r.out

@@ -112,3 +112,16 @@ def test_demo_pretrains_probes_three_backbones_and_draws_completions(bench, tmp_
     assert (tmp_path / "res" / "demo-completions.png").is_file()
     assert (tmp_path / "res" / "demo-igpt-tiny-digits" / "checkpoints" / "step-0000020").is_dir()
     assert len(list((tmp_path / "res").glob("*__digits__linear-probe__*.json"))) == 3
+
+
+def test_backbones_show_prints_parameters_and_flops_per_image(bench):
+    """FLOPs against the transformer's closed form: per block 24·T·d² for the four matrix
+    products (qkv, proj, two MLP) and 4·T²·d for attention (scores and weighted sum)."""
+    r = bench("backbones", "show", "igpt-2x64", "--dataset", "digits")  # 8x8 gray: T = 64 tokens
+    assert r.code == 0, r
+    layers, width, tokens = 2, 64, 64
+    flops = layers * (24 * tokens * width**2 + 4 * tokens**2 * width)
+    assert f"forward FLOPs per image to the last layer: {flops:,}" in r.out, r.out
+    assert "parameters: 105,984" in r.out  # 17x64 + 64x64 embeddings, 2 blocks, final norm, 16x64 head
+    r = bench("backbones", "show", "pixels", "--dataset", "digits")
+    assert r.code == 0 and "parameters: 0;" in r.out

@@ -40,42 +40,53 @@ def test_same_minimizer_as_sklearn_at_one_strength():
     assert (ours.predict(X) == ref.predict(X)).mean() > 0.999
 
 
-def test_matches_sklearn_lbfgs_on_the_same_grid_digits():
-    s = {k: load_split("digits", k) for k in ("train", "val", "test")}
-    res = compare_probes(*(a for k in ("train", "val", "test") for a in (_pixels(s[k]), s[k].labels)),
-                         "1e-5,1e-4,1e-3,1e-2,1e-1,1")
-    (va, te, lam, _), (sva, ste, slam, _) = res["ours"], res["sklearn"]
-    assert lam == slam
-    assert abs(te - ste) <= 0.3 and abs(va - sva) <= 0.3
+def _objective(X, y, W, b, lam):
+    """mean cross-entropy + lam/2 ||W||^2 in float64, whatever precision the solver worked in."""
+    import torch
+
+    X, W, b = (torch.as_tensor(a, dtype=torch.float64) for a in (X, W, b))
+    logp = torch.log_softmax(X @ W + b, dim=1)
+    return float(-logp[np.arange(len(X)), y].mean() + 0.5 * lam * (W**2).sum())
 
 
-def test_matches_sklearn_lbfgs_on_fashion_mnist_subset():
-    """At every strength of the grid the two solvers agree on val and test accuracy (within 6 of
-    2,000 images: both stop at tol 1e-4, short of the exact optimum), and end to end the best val
-    accuracy agrees. Which strength wins may differ where two strengths are within an image or two
-    of each other on val, so the chosen strength itself is not compared."""
+@pytest.mark.parametrize("dataset, limit, strengths", [
+    ("digits", None, (1e-1, 1e-2, 1e-3, 1e-4)),
+    ("fashion-mnist", 2000, (1e-1, 1e-2, 1e-3)),
+])
+def test_reaches_the_same_minimum_as_sklearn_at_every_strength(dataset, limit, strengths):
+    """What both solvers minimize, compared where each is run to a tight tolerance: neither ends
+    above the other by more than 1e-4 of the objective (+1e-5). Accuracies are not compared: on a
+    near-tie of two strengths (or of two classes for one image) they flip with the CPU's rounding.
+    Measured on the 2-core CPU: the largest gap was 5e-6 (Fashion-MNIST, lam 1e-2)."""
     import warnings
 
     from sklearn.linear_model import LogisticRegression
 
-    from tasks.linear_probe import top1
-
-    need_fashion_mnist()
-    s = {k: load_split("fashion-mnist", k, limit=2000, seed=0) for k in ("train", "val", "test")}
-    X = {k: _pixels(s[k]) for k in s}
-    y = {k: s[k].labels for k in s}
-    Xtr, Xva, Xte = standardize(X["train"], X["val"], X["test"])
-    basis = LogisticRegressionLBFGS.eigenbasis(Xtr)
-    for lam in (1e-1, 1e-2, 1e-3, 1e-4):
-        ours = LogisticRegressionLBFGS(10).fit(Xtr, y["train"], lam, basis=basis)
+    if dataset == "fashion-mnist":
+        need_fashion_mnist()
+    d = load_split(dataset, "train", limit=limit, seed=0)
+    X, y = standardize(_pixels(d))[0], d.labels
+    basis = LogisticRegressionLBFGS.eigenbasis(X)
+    for lam in strengths:
+        ours = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam, basis=basis)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref = LogisticRegression(C=1 / (lam * len(Xtr)), max_iter=1000, tol=1e-4).fit(Xtr, y["train"])
-        for split, Xs in (("val", Xva), ("test", Xte)):
-            a, b = top1(ours.predict(Xs), y[split])[0], top1(ref.predict(Xs), y[split])[0]
-            assert abs(a - b) <= 0.3, (lam, split, a, b)
-    res = compare_probes(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"], "1e-4,1e-3,1e-2,1e-1")
-    assert abs(res["ours"][0] - res["sklearn"][0]) <= 0.3, res
+            ref = LogisticRegression(C=1 / (lam * len(X)), max_iter=5000, tol=1e-6).fit(X, y)
+        f_ours = _objective(X, y, ours.W.numpy(), ours.b.numpy(), lam)
+        f_ref = _objective(X, y, ref.coef_.T, ref.intercept_, lam)
+        slack = 1e-4 * f_ref + 1e-5
+        assert f_ours <= f_ref + slack and f_ref <= f_ours + slack, (lam, f_ours, f_ref)
+
+
+def test_the_probe_benchmark_runs_both_solvers_over_the_same_grid():
+    """The machinery of `bench benchmark probe` (timings are printed there, not asserted here)."""
+    s = {k: load_split("digits", k, limit=300, seed=0) for k in ("train", "val", "test")}
+    grid = "1e-3,1e-1"
+    res = compare_probes(*(a for k in ("train", "val", "test") for a in (_pixels(s[k]), s[k].labels)), grid)
+    for name in ("ours", "sklearn"):
+        val, test, lam, seconds = res[name]
+        assert 0 <= val <= 100 and 0 <= test <= 100 and lam in (1e-3, 1e-1) and seconds > 0
+        assert val > 80  # far above chance on digits
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Registries: decorator and entry points, lazy loading, collisions, "did you mean", plugins."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,50 @@ def test_a_name_registered_twice_names_both_sources():
             pass
 
 
+def test_registering_the_same_class_again_replaces_it_as_a_notebook_cell_rerun_would():
+    reg = Registry("widget", "bench.no-such-group")
+    cell = "@reg.register('w')\nclass Widget:\n    version = {}\n"
+    scope = {"reg": reg, "__name__": "__main__"}
+    exec(cell.format(1), scope)
+    exec(cell.format(2), scope)  # the same cell, edited and run again
+    assert reg.get("w").version == 2
+
+
+def test_a_backbone_class_without_a_name_takes_the_registered_one(tmp_path):
+    import numpy as np
+
+    from backbones.base import Backbone, DataSpec, create_backbone
+    from bench import api
+    from bench.registry import BACKBONES
+
+    @BACKBONES.register("nameless-mean")
+    class Nameless(Backbone):
+        layers = ["mean"]
+
+        @classmethod
+        def create(cls, name, spec, options):
+            return cls()
+
+        def layer_widths(self):
+            return {"mean": 1}
+
+        def preprocess(self, images):
+            import torch
+
+            return torch.from_numpy(np.asarray(images, dtype=np.float32)).flatten(1)
+
+        def features(self, x, layers):
+            return {"mean": x.mean(1, keepdim=True)}
+
+        def config(self):
+            return {"backbone": "nameless-mean"}
+
+    assert create_backbone("nameless-mean", DataSpec(1, 8, 8)).name == "nameless-mean"
+    df = api.run("nameless-mean", "linear-probe", "digits", limit=100, results=tmp_path,
+                 options={"l2_grid": "1e-2"})
+    assert set(df.backbone) == {"nameless-mean"} and len(list(tmp_path.glob("nameless-mean__*.json"))) == 1
+
+
 def test_listing_does_not_import_torch():
     code = textwrap.dedent("""
         import sys
@@ -73,6 +119,19 @@ def test_third_party_plugin_installed_with_pip_lists_and_runs(tmp_path):
                          "--results", tmp_path / "res", env=env)
     assert r.code == 0, r
     assert "mean" in r.out and "moments" in r.out
+    # The task plugin of the same package, written from the README: listed, and runs on any backbone.
+    r = bench_subprocess("tasks", "list", env=env)
+    assert r.code == 0 and "nearest-centroid" in r.out and "metric=cosine" in r.out, r
+    r = bench_subprocess("-q", "run", "-b", "pixels", "-b", "color-stats", "-t", "nearest-centroid", "-d", "digits",
+                         "--results", tmp_path / "res", env=env)
+    assert r.code == 0, r
+    (path,) = (tmp_path / "res").glob("pixels__digits__nearest-centroid__*.json")
+    records = json.loads(path.read_text())["records"]
+    test = [x["value"] for x in records if x["split"] == "test"]
+    assert test and test[0] > 80  # pixels: far above chance (10%)
+    r = bench_subprocess("run", "-b", "pixels", "-t", "nearest-centroid", "-d", "digits", "-o", "metric=manhattan",
+                         env=env)
+    assert r.code == 2 and "choose cosine, euclidean" in r.err, r
     # Without the plugin on the path the name is unknown again.
     r = bench_subprocess("backbones", "show", "color-stats")
     assert r.code == 2 and "unknown backbone 'color-stats'" in r.err
@@ -98,3 +157,14 @@ def test_plugin_claiming_a_builtin_name_is_an_error_naming_both(tmp_path):
     r = bench_subprocess("backbones", "list", env=env)
     assert r.code == 2
     assert "registered twice" in r.err and "igpt-bench" in r.err and "clash-plugin" in r.err
+
+
+def test_the_readme_shows_the_example_plugins_code_as_it_is():
+    """The plugin in examples/ is the one the README teaches: its files appear there verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    package = ROOT / "examples" / "bench-plugin-example" / "bench_plugin_example"
+    for module in ("__init__.py", "centroid.py"):
+        code = (package / module).read_text()
+        body = code.split('"""', 2)[2].lstrip("\n")  # the docstring aside
+        assert any(body.strip() in block for block in blocks), module
