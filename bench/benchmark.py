@@ -49,8 +49,8 @@ def compare_probes(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, patience=2
     grid = _grid(grid) if isinstance(grid, str) else grid
     n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
     t = time.perf_counter()
-    va, _, te, _, lam = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter, patience=patience)
-    ours = (va, te, lam, time.perf_counter() - t)
+    fit = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter, patience=patience)
+    ours = (fit.val, fit.test, fit.l2, time.perf_counter() - t)
     t = time.perf_counter()
     sva, ste, slam = sklearn_probe(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter)
     ref = (sva, ste, slam, time.perf_counter() - t)

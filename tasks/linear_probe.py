@@ -15,6 +15,7 @@ the same grid.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,9 +126,20 @@ def top1(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return 100.0 * p, 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(len(y), 1))
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """Top-1 (percent) with binomial standard errors, at the L2 strength chosen on val."""
+
+    val: float
+    val_se: float
+    test: float
+    test_se: float
+    l2: float
+
+
 def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, device="cpu", on_fit=None,
-                patience=0):
-    """Choose the L2 strength on val, refit on train+val; returns (val_acc, val_se, test_acc, test_se, lam).
+                patience=0) -> ProbeResult:
+    """Choose the L2 strength on val, refit on train+val, score on test.
 
     ``patience`` > 0 stops the walk (strong -> weak) after that many strengths in a row below the
     best val accuracy; the weak end of the grid is where L-BFGS needs the most iterations.
@@ -162,7 +174,7 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     test_acc, test_se = top1(clf.predict(Xte_s), yte)
     if on_fit:
         on_fit()
-    return val_acc, val_se, test_acc, test_se, lam
+    return ProbeResult(val_acc, val_se, test_acc, test_se, lam)
 
 
 class LinearProbe(Task):
@@ -190,13 +202,13 @@ class LinearProbe(Task):
         with ctx.progress("linear probe", len(ctx.layers) * (len(grid) + 1)) as bar:
             for layer in ctx.layers:
                 Xtr, Xva, Xte = (acts[s].read(layer) for s in ("train", "val", "test"))
-                va, va_se, te, te_se, lam = probe_layer(
-                    Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, ctx.options["max_iter"], ctx.device,
-                    on_fit=lambda: bar.advance(1), patience=ctx.options["patience"],
-                )
+                fit = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, ctx.options["max_iter"], ctx.device,
+                                  on_fit=lambda: bar.advance(1), patience=ctx.options["patience"])
                 records += [
-                    {"layer": layer, "split": "val", "metric": "top1", "value": va, "stderr": va_se, "n": len(yva)},
-                    {"layer": layer, "split": "test", "metric": "top1", "value": te, "stderr": te_se, "n": len(yte)},
-                    {"layer": layer, "split": "val", "metric": "l2", "value": lam, "stderr": None, "n": len(yva)},
+                    {"layer": layer, "split": "val", "metric": "top1", "value": fit.val, "stderr": fit.val_se,
+                     "n": len(yva)},
+                    {"layer": layer, "split": "test", "metric": "top1", "value": fit.test, "stderr": fit.test_se,
+                     "n": len(yte)},
+                    {"layer": layer, "split": "val", "metric": "l2", "value": fit.l2, "stderr": None, "n": len(yva)},
                 ]
         return records

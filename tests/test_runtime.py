@@ -43,3 +43,21 @@ def test_later_batches_reuse_freed_pages_instead_of_faulting_them_in():
 def test_user_settings_win(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert keep_freed_memory() is False
+
+
+def test_a_job_bar_opened_under_a_sweep_bar_joins_its_display(monkeypatch):
+    """rich shows one live display at a time: the inner bar must become a line of the outer one."""
+    import sys
+
+    from bench import runtime
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with runtime.progress_bar("sweep", 2) as outer:
+        for _ in range(2):
+            with runtime.progress_bar("job", 3) as inner:
+                inner.advance(3)
+                assert inner._p is outer._p is runtime._live
+                assert len(runtime._live.tasks) == 2
+            outer.advance(1)
+        assert len(runtime._live.tasks) == 1  # the finished jobs' lines are gone
+    assert runtime._live is None
