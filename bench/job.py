@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backbones.base import Backbone, BackboneOptions, DataSpec, create_backbone, weights_label
+from bench import layers as selection
 from bench.datasets import SplitData, load_split
 from bench.errors import BenchError
 from bench.extract import extract
@@ -80,7 +81,7 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     backbone = create_backbone(job.backbone, DataSpec.of(data[splits[0]].images), job.options)
     if task.requires_generative and not getattr(backbone, "generative", False):
         raise BenchError(f"task {job.task!r} needs a generative backbone (e.g. igpt); {job.backbone!r} is not one")
-    layers = backbone.check_layers(settings.layers)
+    layers = selection.parse(settings.layers, list(backbone.layers), backbone.name)
     identity = result_identity(
         fingerprint=backbone.fingerprint, dataset=job.dataset,
         data_digests={s: data_digest(d.images, d.labels, d.indices) for s, d in data.items()},
@@ -102,7 +103,7 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     else:
         for split in splits:
             ctx.acts[split], cache[split] = extract(
-                backbone, data[split], layers, limit=settings.limit, seed=settings.seed,
+                backbone, data[split], selection.members(layers, list(backbone.layers)), limit=settings.limit, seed=settings.seed,
                 cache_dir=settings.cache_dir, batch_size=settings.batch_size, device=settings.device,
                 quiet=settings.quiet, log=log)
             log(f"{split}: {cache[split]} {ctx.acts[split].path}")
@@ -127,8 +128,11 @@ def _stamp(job: Job, settings: Settings, backbone: Backbone, identity: dict, lay
         "task": job.task, "seed": settings.seed, "limit": settings.limit, "config": config,
         "versions": versions(), "git_commit": git_commit(), "time": now(),
     }
-    records = [dict(stamp, **r, layer_index=layers.index(r["layer"]) if r.get("layer") in layers else None)
-               for r in raw]
+    # Depth order for tables: the selection's order, then layers the task added (a concatenation).
+    order = {name: i for i, name in enumerate(layers)}
+    for r in raw:
+        order.setdefault(r.get("layer"), len(order))
+    records = [dict(stamp, **r, layer_index=order[r.get("layer")]) for r in raw]
     run_info = {
         **stamp,
         "identity": identity,

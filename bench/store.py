@@ -121,8 +121,13 @@ class ActivationFile:
             return f["indices"][:]
 
     def read(self, layer: str) -> np.ndarray:
+        """One layer's features [N, D]; a group (``h2+h3``) is its members' features side by side."""
         import h5py
 
+        from bench.layers import group_members, is_group
+
+        if is_group(layer):
+            return np.concatenate([self.read(member) for member in group_members(layer)], axis=1)
         if layer not in self.layers:
             raise BenchError(f"{self.path} holds no layer {layer!r}; it holds {', '.join(self.layers)}")
         with h5py.File(self.path, "r") as f:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.errors import BenchError
 from tasks.base import Option, RunContext, Task, nonnegative_int, positive_int
 
 
@@ -177,6 +178,22 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     return ProbeResult(val_acc, val_se, test_acc, test_se, lam)
 
 
+def _concat(text: str) -> int:
+    """'none' -> 0; 'bestN' -> N, the size of the window of layers around the best one."""
+    if text == "none":
+        return 0
+    if text.startswith("best") and text[4:].isdigit() and int(text[4:]) >= 2:
+        return int(text[4:])
+    raise ValueError("write none or bestN with N >= 2, e.g. best5")
+
+
+def window_around(layers: list[str], best: str, size: int) -> list[str]:
+    """``size`` consecutive layers (in depth order) centred on ``best``, shifted to stay inside."""
+    i = layers.index(best)
+    start = min(max(0, i - size // 2), max(0, len(layers) - size))
+    return layers[start:start + size]
+
+
 class LinearProbe(Task):
     name = "linear-probe"
     description = "per-layer logistic regression; L2 strength chosen on val, refit on train+val; top-1"
@@ -188,27 +205,47 @@ class LinearProbe(Task):
         "patience": Option(2, nonnegative_int,
                            "stop the grid walk after this many strengths in a row below the best val "
                            "top-1 (0 walks the whole grid)"),
+        "concat": Option(0, _concat, "none, or bestN: also probe the concatenation of the N layers around "
+                                     "the best single layer by val top-1 (the paper: best5)",
+                         show=lambda n: f"best{n}" if n else "none"),
     }
     columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "l2"): "chosen L2"}
 
     def run(self, ctx: RunContext) -> list[dict]:
         import torch
 
+        from bench.layers import SEP, is_group
+
         torch.manual_seed(ctx.seed)
-        grid, acts = ctx.options["l2_grid"], ctx.acts
+        grid, acts, window = ctx.options["l2_grid"], ctx.acts, ctx.options["concat"]
         ytr, yva, yte = (acts[s].labels for s in ("train", "val", "test"))
         n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
-        records = []
-        with ctx.progress("linear probe", len(ctx.layers) * (len(grid) + 1)) as bar:
+        singles = [layer for layer in ctx.layers if not is_group(layer)]
+        if window and not singles:
+            raise BenchError("-o concat=bestN needs single layers to choose the best from; add them to --layers")
+        records, val_top1 = [], {}
+        fits = len(ctx.layers) + (1 if window and len(singles) > 1 else 0)
+
+        def probe(layer, bar, **extra):
+            Xtr, Xva, Xte = (acts[s].read(layer) for s in ("train", "val", "test"))
+            fit = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, ctx.options["max_iter"], ctx.device,
+                              on_fit=lambda: bar.advance(1), patience=ctx.options["patience"])
+            val_top1[layer] = fit.val
+            return [
+                {"layer": layer, "split": "val", "metric": "top1", "value": fit.val, "stderr": fit.val_se,
+                 "n": len(yva), **extra},
+                {"layer": layer, "split": "test", "metric": "top1", "value": fit.test, "stderr": fit.test_se,
+                 "n": len(yte), **extra},
+                {"layer": layer, "split": "val", "metric": "l2", "value": fit.l2, "stderr": None, "n": len(yva),
+                 **extra},
+            ]
+
+        with ctx.progress("linear probe", fits * (len(grid) + 1)) as bar:
             for layer in ctx.layers:
-                Xtr, Xva, Xte = (acts[s].read(layer) for s in ("train", "val", "test"))
-                fit = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, ctx.options["max_iter"], ctx.device,
-                                  on_fit=lambda: bar.advance(1), patience=ctx.options["patience"])
-                records += [
-                    {"layer": layer, "split": "val", "metric": "top1", "value": fit.val, "stderr": fit.val_se,
-                     "n": len(yva)},
-                    {"layer": layer, "split": "test", "metric": "top1", "value": fit.test, "stderr": fit.test_se,
-                     "n": len(yte)},
-                    {"layer": layer, "split": "val", "metric": "l2", "value": fit.l2, "stderr": None, "n": len(yva)},
-                ]
+                records += probe(layer, bar)
+            if window and len(singles) > 1:
+                best = max(singles, key=lambda layer: val_top1[layer])  # the shallowest on a tie
+                group = SEP.join(window_around(singles, best, window))
+                if group not in val_top1:
+                    records += probe(group, bar, concat=f"best{window}")
         return records
