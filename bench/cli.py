@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -311,9 +312,13 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True, help="Output format.")
+@click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv", "html"]), default="table", show_default=True,
+              help="Output format; html: one self-contained page with summary tables and the plots embedded.")
 @click.option("--best", is_flag=True, help="Mark each run's layer with the best val top-1 (a '*'; a 'best' column in CSV).")
-def report(paths, fmt_name, best):
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the report to this file (default: print it).")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write PNG plots into this folder: accuracy by layer depth, low-data curves, fine-tune curves.")
+def report(paths, fmt_name, best, out, plot_dir):
     """Render results files (or folders of them) as one tidy table, grouped by run.
 
     Columns for weights, step, tag and limit appear where some run has them; a run id where the
@@ -322,12 +327,38 @@ def report(paths, fmt_name, best):
     \b
     Example:
       bench report bench-results/ --format md --best
+      bench report bench-results/ --format html --out report.html --plot plots/
     """
     from bench import api
     from bench.report import render, tidy_view
 
-    text = render(tidy_view(api.report(*paths, best=best)), fmt_name)
-    if text is not None:
+    if out:
+        from bench.store import check_writable
+
+        if fmt_name == "table":
+            raise BenchError("--out writes md, csv or html; add --format md (or csv, html)")
+        check_writable(out, "--out")
+    if plot_dir:
+        from bench.store import check_writable
+
+        check_writable(Path(plot_dir) / "probe-depth.png", "--plot folder")
+    df = api.report(*paths, best=best)
+    if fmt_name == "html":
+        from bench.html import page
+
+        text = page(df)
+    else:
+        text = render(tidy_view(df), fmt_name)
+    if plot_dir:
+        from bench.plots import write_all
+
+        for path in write_all(df, plot_dir) or ["(no data to plot)"]:
+            click.echo(f"plot: {path}", err=True)
+    if out:
+        from bench.records import atomic_write_bytes
+
+        click.echo(f"wrote {atomic_write_bytes(out, (text or '').encode())}")
+    elif text is not None:
         click.echo(text.rstrip("\n"))
 
 

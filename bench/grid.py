@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +24,10 @@ def save_grid(images: np.ndarray, cols: int, path: str | Path, scale: int | None
             big = np.repeat(big, 3, axis=2)
         y, x = pad + r * (H + pad), pad + k * (W + pad)
         canvas[y : y + H, x : x + W] = big
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(canvas).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    import io
+
+    from bench.records import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())

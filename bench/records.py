@@ -70,25 +70,31 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
     return [dict(r, file=str(path)) for r in doc.get("records", [])]
 
 
-def write_results(path: Path, run: dict, records: list[dict]) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed when complete."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in the same folder and rename it into place, so a file
+    that exists is whole; the mode follows the umask (mkstemp's 0600 would shut out a group
+    sharing the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "run": run, "records": records}
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are for the group to read
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
-            f.write("\n")
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_results(path: Path, run: dict, records: list[dict]) -> Path:
+    """One results file, written atomically."""
+    doc = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "run": run, "records": records}
+    return atomic_write_bytes(path, (json.dumps(doc, indent=1, default=str) + "\n").encode())
 
 
 def read_results(path: str | Path) -> list[dict]:

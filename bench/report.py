@@ -30,7 +30,9 @@ def frame(records: list[dict]) -> pd.DataFrame:
             df[column] = None
     df["file"] = df["file"].where(df["file"].notna(), df["run"])
     df["run"] = df["run"].where(df["run"].notna(), df["file"].map(lambda f: Path(str(f)).stem))
-    df["step"] = pd.array(df["step"].where(df["step"].notna(), None), dtype="Int64")
+    for column in ("step", "shots", "epoch"):  # whole numbers, even where other records lack them
+        if column in df.columns:
+            df[column] = pd.array(df[column].where(df[column].notna(), None), dtype="Int64")
     df["weights"] = df["weights"].map(_short_weights)
     order = ["dataset", "backbone", "weights", "step", "tag", "task", "file", "layer_index", "split", "metric"]
     df = df.sort_values(order, kind="stable", na_position="first")
@@ -52,8 +54,11 @@ def load(paths) -> pd.DataFrame:
 
 
 def best_layers(df: pd.DataFrame) -> pd.Series:
-    """Per run (results file): the layer with the best val top-1 (the shallowest on a tie)."""
-    val = df[(df.metric == "top1") & (df.split == "val")]
+    """Per run (results file): the single layer with the best val top-1 (the shallowest on a
+    tie); concatenated groups are extra rows, not candidates."""
+    val = df[(df.metric == "top1") & (df.split == "val") & ~df.layer.astype(str).str.contains("+", regex=False)]
+    if "shots" in df.columns:
+        val = val[val.shots.isna()]
     if not len(val):
         return pd.Series(dtype=object)
     idx = val.assign(value=val.value.astype(float)).groupby("file", sort=False).value.idxmax()
@@ -77,29 +82,84 @@ def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
     per_run = df.drop_duplicates("file")
     if len(per_run) == len(per_run.drop_duplicates(descriptive)):
         columns.remove("run")
-    extra = ["best"] if "best" in df.columns else []
-    return df[columns + extra].reset_index(drop=True)
+    extra = [c for c in ("shots", "seeds", "std", "best") if c in df.columns]
+    return df.loc[~_curve_rows(df), columns + extra].reset_index(drop=True)
+
+
+def _curve_rows(df: pd.DataFrame) -> pd.Series:
+    """Per-epoch records of training curves (``curve: true``): plotted, not tabulated."""
+    if "curve" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["curve"].fillna(False).astype(bool)
+
+
+def spread(df: pd.DataFrame) -> pd.Series:
+    """The spread over seeds of records that are means over seeds (a ``std`` field, or the
+    ``stderr`` of a record that names its ``seeds``); None elsewhere."""
+    out = pd.Series([None] * len(df), index=df.index, dtype=object)
+    if "seeds" in df.columns:
+        out = df.stderr.where(df.seeds.notna(), None)
+    if "std" in df.columns:
+        out = df["std"].where(df["std"].notna(), out)
+    return out
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run × layer (× labels per class): a column per (split, metric), a ``± …``
+    column beside it where the numbers are means over seeds, and ``best`` (the run's layer chosen
+    by val top-1). Curve records are left out."""
+    df = mark_best(df[~_curve_rows(df)])
+    df = df.assign(run_name=df.file.map(run_label(df)), column=df.split.astype(str) + " " + df.metric.astype(str),
+                   spread=spread(df))
+    keys = ["dataset", "task", "run_name", "layer"] + (["shots"] if "shots" in df.columns and df.shots.notna().any()
+                                                       else [])
+    if "shots" in keys:  # probe rows beside low-data rows: no budget, shown blank
+        df = df.assign(shots=df.shots.astype(object).where(df.shots.notna(), ""))
+    order = df.groupby(keys, sort=False).layer_index.min()
+    values = df.pivot_table(index=keys, columns="column", values="value", aggfunc="first", sort=False)
+    spreads = df[df.spread.notna()].pivot_table(index=keys, columns="column", values="spread", aggfunc="first",
+                                                sort=False)
+    best = df.groupby(keys, sort=False).best.any()
+    splits = {"val": 0, "test": 1, "train": 2}
+    pairs = df[["split", "metric", "column"]].drop_duplicates("column")
+    columns = [c for _, _, c in sorted(pairs.itertuples(index=False),
+                                       key=lambda p: (p[1] != "top1", p[1], splits.get(p[0], 3)))]
+    table = pd.DataFrame(index=values.index)
+    for column in columns:
+        table[column] = values[column]
+        if column in spreads.columns:
+            table[f"± {column}"] = spreads[column]
+    table["best"] = best
+    table["_order"] = order
+    table = table.reset_index().sort_values(["dataset", "task", "run_name", "_order"], kind="stable")
+    return table.drop(columns="_order").rename(columns={"run_name": "run"}).reset_index(drop=True)
 
 
 def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.DataFrame:
-    """One row per layer of one run with the task's (split, metric) columns, and ``best`` (the
-    best layer by the first column when that is a val top-1)."""
+    """One row per layer (and labels per class, where records have ``shots``) of one run with the
+    task's (split, metric) columns, and ``best`` (the best row by the first column when that is a
+    val top-1)."""
     df = frame(records)
+    df = df[~_curve_rows(df)]
     columns = dict(columns)
     for split, metric in df[["split", "metric"]].drop_duplicates().itertuples(index=False):
         columns.setdefault((split, metric), f"{split} {metric}")
     columns = {k: v for k, v in columns.items() if ((df.split == k[0]) & (df.metric == k[1])).any()}
+    keys = ["layer"] + (["shots"] if "shots" in df.columns and df.shots.notna().any() else [])
     rows = []
-    for layer, group in df.groupby("layer", sort=False):
-        row = {"layer": layer}
+    for key, group in df.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         for (split, metric), header in columns.items():
             hit = group[(group.split == split) & (group.metric == metric)]
             row[header] = hit.value.iloc[0] if len(hit) else None
         rows.append(row)
     out = pd.DataFrame(rows)
     first_key = next(iter(columns), None)
-    if first_key == ("val", "top1") and len(out) > 1 and out[columns[first_key]].notna().any():
-        out["best"] = out.index == out[columns[first_key]].astype(float).idxmax()
+    single = ~out.layer.astype(str).str.contains("+", regex=False)
+    if first_key == ("val", "top1") and "shots" not in keys and single.sum() > 1:
+        val = out[columns[first_key]].astype(float).where(single)
+        if val.notna().any():
+            out["best"] = out.index == val.idxmax()
     return out
 
 
