@@ -47,7 +47,7 @@ def backbone_options(f):
         from backbones.base import BackboneOptions
 
         opts = BackboneOptions(pretrained=pretrained, weights=weights, image_size=image_size, seed=seed)
-        return f(*args, backbone=backbone, bopts=opts, seed=seed, **kw)
+        return f(*args, backbone=backbone, backbone_options=opts, seed=seed, **kw)
 
     return wrapper
 
@@ -232,7 +232,7 @@ def datasets_list():
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Activation file to write (default: the cache, keyed by fingerprint).")
 @runtime_options
 @click.pass_context
-def extract(ctx, backbone, bopts, seed, dataset, data_root, limit, split, layers, out, batch_size, device):
+def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, layers, out, batch_size, device):
     """Export pooled layer activations of a backbone on one split to HDF5.
 
     Reuses a finished file with the same inputs, resumes an interrupted one, and refuses a file
@@ -244,8 +244,8 @@ def extract(ctx, backbone, bopts, seed, dataset, data_root, limit, split, layers
     """
     from bench import api
 
-    acts = api.extract(backbone, dataset, split, layers=layers, weights=bopts.weights, pretrained=bopts.pretrained,
-                       image_size=bopts.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
+    acts = api.extract(backbone, dataset, split, layers=layers, weights=backbone_options.weights, pretrained=backbone_options.pretrained,
+                       image_size=backbone_options.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
                        batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
     click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
 
@@ -390,7 +390,7 @@ def compare(paths, fmt_name):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file for the grid.")
 @runtime_options
 @click.pass_context
-def sample(ctx, backbone, bopts, seed, n, temperature, top_k, cols, out, batch_size, device):
+def sample(ctx, backbone, backbone_options, seed, n, temperature, top_k, cols, out, batch_size, device):
     """Draw unconditional samples from a generative backbone into a PNG grid.
 
     \b
@@ -399,7 +399,7 @@ def sample(ctx, backbone, bopts, seed, n, temperature, top_k, cols, out, batch_s
     """
     from bench.generate import sample_png
 
-    click.echo(f"wrote {sample_png(backbone, bopts, n, temperature, top_k, cols, out, device)}")
+    click.echo(f"wrote {sample_png(backbone, backbone_options, n, temperature, top_k, cols, out, device)}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -414,7 +414,7 @@ def sample(ctx, backbone, bopts, seed, n, temperature, top_k, cols, out, batch_s
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file: original | kept rows | completions per row.")
 @runtime_options
 @click.pass_context
-def complete(ctx, backbone, bopts, seed, dataset, data_root, limit, split, n, keep_rows, samples, temperature,
+def complete(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, n, keep_rows, samples, temperature,
              top_k, out, batch_size, device):
     """Complete the top rows of real images, as in the Image GPT blog.
 
@@ -426,7 +426,7 @@ def complete(ctx, backbone, bopts, seed, dataset, data_root, limit, split, n, ke
     """
     from bench.generate import completion_png
 
-    path = completion_png(backbone, bopts, dataset, split, data_root, limit, n, keep_rows, samples, temperature,
+    path = completion_png(backbone, backbone_options, dataset, split, data_root, limit, n, keep_rows, samples, temperature,
                           top_k, out, device)
     click.echo(f"wrote {path}")
 
@@ -527,7 +527,7 @@ def benchmark():
 @click.option("--option", "-o", "task_options", multiple=True, help="linear-probe option KEY=VALUE (l2_grid, max_iter, patience).")
 @runtime_options
 @click.pass_context
-def benchmark_probe(ctx, backbone, bopts, seed, dataset, data_root, limit, layers, task_options, batch_size, device):
+def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, limit, layers, task_options, batch_size, device):
     """Our linear probe vs scikit-learn lbfgs looped over the same grid: accuracy and speed ratio.
 
     \b
@@ -537,7 +537,7 @@ def benchmark_probe(ctx, backbone, bopts, seed, dataset, data_root, limit, layer
     from bench.benchmark import probe_benchmark
     from bench.report import render
 
-    table = probe_benchmark(backbone, bopts, dataset, layers=layers, task_options=task_options, data_root=data_root,
+    table = probe_benchmark(backbone, backbone_options, dataset, layers=layers, task_options=task_options, data_root=data_root,
                             limit=limit, batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
     rows = f" ({limit} rows a split at most)" if limit else ""
     render(table, "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset}{rows}")
@@ -571,7 +571,7 @@ def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device):
 @backbone_options
 @click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Images to sample.")
 @runtime_options
-def benchmark_sample(backbone, bopts, seed, n, batch_size, device):
+def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
     """KV-cached sampling vs recomputing the whole prefix at every step: same tokens, speed ratio.
 
     \b
@@ -583,7 +583,7 @@ def benchmark_sample(backbone, bopts, seed, n, batch_size, device):
     from bench.generate import generative_backbone
     from bench.report import render
 
-    model = generative_backbone(backbone, bopts, DataSpec(1, 1, 1), device)
+    model = generative_backbone(backbone, backbone_options, DataSpec(1, 1, 1), device)
     render(sample_benchmark(model, n, seed), "table",
            title=f"sampling {n} images of {model.height}x{model.width} · {backbone} · {device}")
 
