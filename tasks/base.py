@@ -14,7 +14,8 @@ kinds (``reads``):
   ``ctx.backbone.features(x, layers)`` is differentiable. Set ``requires_generative = True`` when
   the task needs ``bits_per_dim``/``sample``.
 
-``run(ctx)`` returns a list of dicts with at least ``layer``, ``split``, ``metric`` and ``value``
+``check(options, data)`` (optional) runs before any extraction or training, for checks that need
+only the raw splits (labels per class, sizes). ``run(ctx)`` returns a list of dicts with at least ``layer``, ``split``, ``metric`` and ``value``
 (``stderr`` and ``n`` where known); the runner stamps the provenance and identity onto each and
 writes one results file. Anything the task makes besides numbers (weights, images, curves) goes
 under ``ctx.artifacts``, a folder beside the results file.
@@ -116,6 +117,10 @@ class Task:
         if not sep:
             raise BenchError(f"task option {pair!r} is not KEY=VALUE; e.g. -o max_iter=500")
         return key, value
+
+    def check(self, options: dict, data: dict) -> None:
+        """Checks that need the data (``data[split].labels``, ``.images``) but no features, run
+        before any extraction or training: raise ``BenchError`` with what to do. Optional."""
 
     def run(self, ctx: RunContext) -> list[dict]:
         raise NotImplementedError
