@@ -110,6 +110,24 @@ class Backbone:
     def to(self, device) -> Backbone:
         return self
 
+    def save_weights(self, path: str | Path) -> Path:
+        """Write the current weights of ``module`` where ``--weights`` reads them back for the same
+        backbone name: ``<path>.safetensors`` (a state dict; written under a temporary name and
+        renamed when complete). Returns the path written. Families with another weights format
+        override it (igpt writes a checkpoint folder ``<path>/``)."""
+        import os
+
+        from safetensors.torch import save_file
+
+        if self.module is None:
+            raise BenchError(f"backbone {self.name!r} has no weights to save")
+        out = Path(path).with_name(Path(path).name + ".safetensors")
+        tmp = out.with_name(out.name + ".tmp")
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.module.state_dict().items()}
+        save_file(state, str(tmp))
+        os.replace(tmp, out)
+        return out
+
     def check_layers(self, layers: list[str] | str | None) -> list[str]:
         """Validate requested layer names ('all' or None = all), returned in depth order."""
         if layers is None or layers == "all" or layers == ["all"]:

@@ -64,6 +64,11 @@ class _Bar:
         if self._p is not None:
             self._p.advance(self._t, n)
 
+    def describe(self, text: str) -> None:
+        """Replace the bar's description (e.g. with a running loss)."""
+        if self._p is not None:
+            self._p.update(self._t, description=text)
+
 
 _live = None  # the Progress on screen, which nested bars (a job's, under a sweep's) join
 

@@ -96,6 +96,16 @@ class IGPTBackbone(Backbone):
         self.device = device
         return self
 
+    def save_weights(self, path):
+        """The current weights as one of our checkpoint folders ``<path>/`` (what ``-b igpt
+        --weights`` loads), with this backbone's palette and image size; returns the folder."""
+        from pathlib import Path
+
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(Path(path), self.model, self.palette, (self.height, self.width),
+                               extra={"derived_from": self.source})
+
     def layer_widths(self):
         return {layer: self.model.cfg.n_embd for layer in self.layers}
 
@@ -119,9 +129,23 @@ class IGPTBackbone(Backbone):
 
     def features(self, x, layers):
         """{layer: pooled [B, C]}; differentiable, runs no block past the deepest layer."""
+        states = self.model.forward_intermediates(self.model_input(x.to(self.device)), layers, stop_early=True)
+        return self._pool(states, layers)
+
+    def features_and_loss(self, x, layers):
+        """``(features(x, layers), next-token cross-entropy in nats)`` from one forward pass:
+        the pooled features of ``layers`` and the generative loss of the same palette tokens
+        ``x`` [B, n] (the model reads [SOS, x1…x(n−1)], predicts x1…xn). Fine-tuning's joint
+        objective (classification + generative, as in the paper) trains on both; differentiable."""
+        tokens = x.to(self.device)
+        states = self.model.forward_intermediates(self.model_input(tokens), [*layers, "final"])
+        return self._pool(states, layers), self.model.head_loss(states["final"], tokens)
+
+    @staticmethod
+    def _pool(states, layers):
+        """Mean over positions of h/rms(h) per layer; of the final-norm output for ``final``."""
         import torch
 
-        states = self.model.forward_intermediates(self.model_input(x.to(self.device)), layers, stop_early=True)
         pooled = {}
         for layer in layers:
             state = states[layer].float()

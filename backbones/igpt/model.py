@@ -250,9 +250,16 @@ class ImageGPT(nn.Module):
         palette token each position predicts, [B, T]): the cross-entropy in nats instead, computed
         in float32 from the logits even under autocast; ``reduction`` as in ``F.cross_entropy``
         ("none" gives [B, T])."""
-        logits = self.head(self.forward_intermediates(idx, ["final"])["final"])
+        final = self.forward_intermediates(idx, ["final"])["final"]
         if targets is None:
-            return logits
+            return self.head(final)
+        return self.head_loss(final, targets, reduction)
+
+    def head_loss(self, final, targets, reduction: str = "mean"):
+        """The cross-entropy (nats) of the head's logits on final-norm states ``final`` [B, T, C]
+        against ``targets`` [B, T], in float32 even under autocast: the one place the loss is
+        written (``forward`` uses it; fine-tuning calls it on the states it pools for its head)."""
+        logits = self.head(final)
         with torch.autocast(logits.device.type, enabled=False):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
         return loss.view_as(targets) if reduction == "none" else loss
