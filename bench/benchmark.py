@@ -138,3 +138,82 @@ def sample_benchmark(backbone, n: int, seed: int = 0) -> pd.DataFrame:
     same = bool(np.array_equal(outs["kv-cache"], outs["full recompute"]))
     return pd.DataFrame([{"method": k, "seconds": v, "speed-up vs full": times["full recompute"] / v,
                           "same images": same} for k, v in times.items()])
+
+
+def knn_features(n_train: int, n_query: int, dim: int, n_classes: int, seed: int = 0):
+    """Synthetic float32 features for `bench benchmark knn`: Gaussian classes around random means
+    (train, train labels, queries, query labels), the same for the same arguments."""
+    rng = np.random.default_rng(seed)
+    means = 0.15 * rng.standard_normal((n_classes, dim), dtype=np.float32)
+
+    def draw(n):
+        labels = rng.integers(0, n_classes, n)
+        return means[labels] + rng.standard_normal((n, dim), dtype=np.float32), labels
+
+    (X, y), (Q, yq) = draw(n_train), draw(n_query)
+    return X, y, Q, yq
+
+
+def _knn_child(method: str, sizes: tuple, ks: list[int], temperature: float, block_size: int, seed: int,
+               device: str) -> dict:
+    """One method in a fresh process: make the features, then classify the queries once. Memory is
+    the process's peak resident set (ru_maxrss) and its growth over the peak before the call (both
+    libraries and the features already loaded)."""
+    import resource
+
+    import sklearn.neighbors  # noqa: F401 - loaded before the baseline in both children alike
+    import torch  # noqa: F401
+
+    from bench.runtime import keep_freed_memory
+    from tasks.knn import knn_predict
+
+    keep_freed_memory()  # as `bench` does
+
+    X, y, Q, yq = knn_features(*sizes, seed=seed)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    wall, cpu = time.perf_counter(), time.process_time()
+    if method == "ours":
+        pred = knn_predict(X, y, Q, ks, temperature, block_size, n_classes=sizes[3], device=device)[max(ks)]
+    else:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        clf = KNeighborsClassifier(n_neighbors=max(ks), metric="cosine", algorithm="brute",
+                                   weights=lambda d: np.exp((1 - d) / temperature))
+        pred = clf.fit(X, y).predict(Q)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": wall, "cpu": cpu, "peak": peak, "growth": peak - before, "pred": np.asarray(pred),
+            "top1": 100.0 * float((np.asarray(pred) == yq).mean())}
+
+
+def knn_benchmark(n_train: int = 54000, n_query: int = 10000, dim: int = 256, n_classes: int = 10,
+                  ks=(10, 20, 50, 100, 200), temperature: float = 0.07, block_size: int = 32768, seed: int = 0,
+                  device: str = "cpu", sklearn: bool = True) -> pd.DataFrame:
+    """`bench benchmark knn`: our blocked cosine kNN (all of ``ks`` from one top-max(ks) search)
+    against scikit-learn's brute-force ``KNeighborsClassifier`` (cosine, the same exp(sim/T)
+    weights, k = max(ks)) on the same synthetic features, each in a fresh process: seconds, CPU
+    seconds, queries/s, peak memory, and how often the two predict the same label at k = max(ks)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pandas as pd
+
+    ks = sorted(ks)
+    sizes = (n_train, n_query, dim, n_classes)
+    methods = {"ours": f"ours (256 x {block_size} tiles, k={','.join(map(str, ks))})"}
+    if sklearn:
+        methods["sklearn"] = f"sklearn KNeighborsClassifier brute (k={ks[-1]})"
+    res = {}
+    for method in methods:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            res[method] = pool.submit(_knn_child, method, sizes, ks, temperature, block_size, seed, device).result()
+    rows = []
+    for method, label in methods.items():
+        r = res[method]
+        row = {"method": label, "seconds": r["seconds"], "cpu seconds": r["cpu"], "queries/s": n_query / r["seconds"],
+               "peak RSS MB": r["peak"], "RSS growth MB": r["growth"], f"top-1 @k={ks[-1]}": r["top1"]}
+        if sklearn:
+            row["speed-up vs sklearn"] = res["sklearn"]["seconds"] / r["seconds"]
+            row["same label as sklearn %"] = 100.0 * float((r["pred"] == res["sklearn"]["pred"]).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)

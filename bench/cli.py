@@ -293,6 +293,8 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
                       pretrained=pretrained, image_size=image_size, task_options=task_options, settings=settings)
 
     def show(outcome):
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 prints
+            return
         job = outcome.job
         title = f"{job.task} · {outcome.records[0]['backbone']}"
         title += f" · step {outcome.records[0]['step']}" if outcome.records[0].get("step") is not None else ""
@@ -588,6 +590,41 @@ def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
            title=f"sampling {n} images of {model.height}x{model.width} · {backbone} · {device}")
 
 
+@benchmark.command("knn", context_settings=CONTEXT)
+@click.option("--n-train", type=click.IntRange(min=1), default=54000, show_default=True, help="Rows of the bank (train features).")
+@click.option("--n-query", type=click.IntRange(min=1), default=10000, show_default=True, help="Query rows.")
+@click.option("--dim", type=click.IntRange(min=1), default=256, show_default=True, help="Feature width.")
+@click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True, help="Number of classes.")
+@click.option("-k", "ks", default="10,20,50,100,200", show_default=True, help="Comma-separated neighbour counts (ours: all from one search; sklearn: the largest).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True, help="Vote weight exp(similarity / temperature).")
+@click.option("--block-size", type=click.IntRange(min=1), default=32768, show_default=True, help="Bank rows compared with 256 queries at a time (ours).")
+@click.option("--no-sklearn", is_flag=True, help="Time ours only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic features.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N] (ours).")
+def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, no_sklearn, seed, device):
+    """Our blocked cosine kNN vs scikit-learn brute force on synthetic features: time, memory, agreement.
+
+    \b
+    Example:
+      bench benchmark knn --n-train 54000 --n-query 10000 --dim 256
+    """
+    from bench.benchmark import knn_benchmark
+    from bench.report import render
+    from bench.runtime import pick_device
+    from tasks.knn import _ks
+
+    try:
+        k_values = _ks(ks)
+    except ValueError as e:
+        raise click.BadParameter(f"{ks!r}: {e}", param_hint="-k") from None
+    if k_values[-1] > n_train:
+        raise click.BadParameter(f"{k_values[-1]} neighbours asked of a bank of {n_train} rows; use -k values of at most --n-train", param_hint="-k")
+    device = pick_device(device)
+    table = knn_benchmark(n_train, n_query, dim, classes, k_values, temperature, block_size, seed, device,
+                          sklearn=not no_sklearn)
+    render(table, "table", title=f"cosine kNN · {n_train} x {dim} bank, {n_query} queries, {classes} classes · {device}")
+
+
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
 
 
@@ -636,3 +673,4 @@ def main(argv=None) -> None:
             raise
         click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+

@@ -7,6 +7,7 @@ many jobs live in ``bench.sweep``; the Python API in ``bench.api``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     if task.requires_generative and not getattr(backbone, "generative", False):
         raise BenchError(f"task {job.task!r} needs a generative backbone (e.g. igpt); {job.backbone!r} is not one")
     layers = selection.parse(settings.layers, list(backbone.layers), backbone.name)
+    task.check(options, data)
     identity = result_identity(
         fingerprint=backbone.fingerprint, dataset=job.dataset,
         data_digests={s: data_digest(d.images, d.labels, d.indices) for s, d in data.items()},
@@ -113,6 +115,8 @@ def run_job(job: Job, settings: Settings) -> Outcome:
         raise BenchError(f"task {job.task!r} produced no results")
     records, run_info = _stamp(job, settings, backbone, identity, layers, options, data, ctx.acts, cache, raw)
     run_info["seconds"] = {"inputs": round(t_inputs, 3), "total": round(time.time() - t0, 3)}
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the results file
+        return Outcome(job, "ran", out, [dict(r, file=str(out)) for r in records], task)
     path = write_results(out, run_info, records)
     return Outcome(job, "ran", path, [dict(r, file=str(path)) for r in records], task)
 
