@@ -2,8 +2,8 @@
 
 - ``probe_depth``: linear-probe test top-1 against relative layer depth, one line per run, the layer
   chosen by val marked (the paper's unimodal curve);
-- ``low_data``: top-1 against labels per class (log scale), mean ± std over seeds, one line per run
-  and layer;
+- ``low_data``: test top-1 against labels per class (log scale), mean ± std over seeds, one line
+  per run at its layer with the best mean val top-1;
 - ``learning_curves``: fine-tuning's training loss and val top-1 per epoch, one line per run.
 
 Each returns a matplotlib Figure, or None when the frame holds nothing of its kind; ``write_all``
@@ -46,7 +46,7 @@ def probe_depth(df: pd.DataFrame):
     if test.empty or test.groupby("file").layer.nunique().max() < 2:
         return None
     plt = _pyplot()
-    labels = run_label(df)
+    labels = run_label(df, within=("dataset", "task"))
     best = best_layers(rows)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for file, run in test.groupby("file", sort=False):
@@ -74,21 +74,29 @@ def low_data(df: pd.DataFrame):
     """Mean top-1 against labels per class, with the spread over seeds as error bars."""
     if "shots" not in df.columns:
         return None
-    rows = df[df.shots.notna() & (df.metric == "top1") & (df.split == "test")]
+    rows = df[df.shots.notna() & (df.metric == "top1")]
     if rows.empty:
         return None
     plt = _pyplot()
-    labels = run_label(df)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    labels = run_label(df, within=("dataset", "task"))
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (file, layer), run in rows.groupby(["file", "layer"], sort=False):
-        run = run.sort_values("shots")
+    for file, run in rows.groupby("file", sort=False):
+        # One line a run: its layer with the best mean val top-1 over the budgets.
+        val = run[run.split == "val"]
+        layer = val.assign(value=val.value.astype(float)).groupby("layer", sort=False).value.mean().idxmax()
+        run = run[(run.split == "test") & (run.layer == layer)].sort_values("shots")
         spread = _column(run, "std").where(_column(run, "std").notna(), run.stderr)
         ax.errorbar(run.shots.astype(float), run.value.astype(float), yerr=spread.astype(float), marker="o",
-                    markersize=3, capsize=3, label=f"{labels[file]} · {layer}")
+                    markersize=3, capsize=3, label=f"{labels[file]} · {layer} · {run.dataset.iloc[0]}")
     ax.set_xscale("log")
+    ax.set_xticks(sorted(rows.shots.astype(int).unique()))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("labelled images per class")
     ax.set_ylabel("test top-1 (%), mean ± std over seeds")
-    ax.set_title("Low-data linear probe")
+    ax.set_title("Low-data linear probe (each run at its best layer by val)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -102,7 +110,7 @@ def learning_curves(df: pd.DataFrame):
     if rows.empty:
         return None
     plt = _pyplot()
-    labels = run_label(df)
+    labels = run_label(df, within=("dataset", "task"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for file, run in rows.groupby("file", sort=False):
         loss = run[(run.split == "train") & (run.metric == "loss")].sort_values("epoch")

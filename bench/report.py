@@ -19,6 +19,7 @@ TIDY = ["backbone", "weights", "step", "tag", "dataset", "task", "layer", "split
         "seed", "limit", "run"]
 OPTIONAL = ["weights", "step", "tag", "limit"]  # shown only where some run has them
 MARK = " *"
+INTEGER_METRICS = {"k", "epoch"}  # metrics that count something: shown without decimals
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
@@ -109,8 +110,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     column beside it where the numbers are means over seeds, and ``best`` (the run's layer chosen
     by val top-1). Curve records are left out."""
     df = mark_best(df[~_curve_rows(df)])
-    df = df.assign(run_name=df.file.map(run_label(df)), column=df.split.astype(str) + " " + df.metric.astype(str),
-                   spread=spread(df))
+    df = df.assign(run_name=df.file.map(run_label(df, within=("dataset", "task"))),
+                   column=df.split.astype(str) + " " + df.metric.astype(str), spread=spread(df))
     keys = ["dataset", "task", "run_name", "layer"] + (["shots"] if "shots" in df.columns and df.shots.notna().any()
                                                        else [])
     if "shots" in keys:  # probe rows beside low-data rows: no budget, shown blank
@@ -129,6 +130,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         table[column] = values[column]
         if column in spreads.columns:
             table[f"± {column}"] = spreads[column]
+    for column in columns:
+        if column.split(" ")[-1] in INTEGER_METRICS:
+            table[column] = pd.array(table[column].round(), dtype="Int64")
     table["best"] = best
     table["_order"] = order
     table = table.reset_index().sort_values(["dataset", "task", "run_name", "_order"], kind="stable")
@@ -154,6 +158,9 @@ def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.Da
             row[header] = hit.value.iloc[0] if len(hit) else None
         rows.append(row)
     out = pd.DataFrame(rows)
+    for (_, metric), header in columns.items():
+        if metric in INTEGER_METRICS:
+            out[header] = pd.array(pd.to_numeric(out[header]).round(), dtype="Int64")
     first_key = next(iter(columns), None)
     single = ~out.layer.astype(str).str.contains("+", regex=False)
     if first_key == ("val", "top1") and "shots" not in keys and single.sum() > 1:
@@ -163,9 +170,10 @@ def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.Da
     return out
 
 
-def run_label(df: pd.DataFrame) -> pd.Series:
+def run_label(df: pd.DataFrame, within: tuple[str, ...] = ()) -> pd.Series:
     """A readable name per run (file): backbone, then the step or weights, then the tag; the run
-    id is added where two runs would share a name."""
+    id is added where two runs would share a name (among runs with the same ``within`` columns,
+    e.g. ("dataset", "task") for one table; among all runs by default)."""
     per_run = df.drop_duplicates("file").set_index("file")
 
     def name(r):
@@ -179,7 +187,7 @@ def run_label(df: pd.DataFrame) -> pd.Series:
         return label
 
     labels = per_run.apply(name, axis=1)
-    clash = labels.duplicated(keep=False)
+    clash = pd.concat([per_run[list(within)], labels.rename("_label")], axis=1).duplicated(keep=False)
     labels[clash] = labels[clash] + " [" + per_run.run[clash].astype(str) + "]"
     return labels
 
