@@ -244,8 +244,8 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
     """
     from bench import api
 
-    acts = api.extract(backbone, dataset, split, layers=layers, weights=backbone_options.weights, pretrained=backbone_options.pretrained,
-                       image_size=backbone_options.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
+    acts = api.extract(backbone, dataset, split, layers=layers, weights=backbone_options.weights,
+                       pretrained=backbone_options.pretrained, image_size=backbone_options.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
                        batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
     click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
 
@@ -416,7 +416,8 @@ def sample(ctx, backbone, backbone_options, seed, n, temperature, top_k, cols, o
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file: original | kept rows | completions per row.")
 @runtime_options
 @click.pass_context
-def complete(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, n, keep_rows, samples, temperature,
+def complete(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, n, keep_rows, samples,
+             temperature,
              top_k, out, batch_size, device):
     """Complete the top rows of real images, as in the Image GPT blog.
 
@@ -428,7 +429,8 @@ def complete(ctx, backbone, backbone_options, seed, dataset, data_root, limit, s
     """
     from bench.generate import completion_png
 
-    path = completion_png(backbone, backbone_options, dataset, split, data_root, limit, n, keep_rows, samples, temperature,
+    path = completion_png(backbone, backbone_options, dataset, split, data_root, limit, n, keep_rows, samples,
+                          temperature,
                           top_k, out, device)
     click.echo(f"wrote {path}")
 
@@ -529,7 +531,8 @@ def benchmark():
 @click.option("--option", "-o", "task_options", multiple=True, help="linear-probe option KEY=VALUE (l2_grid, max_iter, patience).")
 @runtime_options
 @click.pass_context
-def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, limit, layers, task_options, batch_size, device):
+def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, limit, layers, task_options, batch_size,
+                    device):
     """Our linear probe vs scikit-learn lbfgs looped over the same grid: accuracy and speed ratio.
 
     \b
@@ -539,7 +542,8 @@ def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, l
     from bench.benchmark import probe_benchmark
     from bench.report import render
 
-    table = probe_benchmark(backbone, backbone_options, dataset, layers=layers, task_options=task_options, data_root=data_root,
+    table = probe_benchmark(backbone, backbone_options, dataset, layers=layers, task_options=task_options,
+                            data_root=data_root,
                             limit=limit, batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
     rows = f" ({limit} rows a split at most)" if limit else ""
     render(table, "table", title=f"linear probe vs sklearn lbfgs · {backbone} · {dataset}{rows}")

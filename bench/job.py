@@ -103,9 +103,10 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     if task.reads == "model":
         backbone.to(settings.device)
     else:
+        needed = selection.members(layers, list(backbone.layers))  # a group's layers, each once
         for split in splits:
             ctx.acts[split], cache[split] = extract(
-                backbone, data[split], selection.members(layers, list(backbone.layers)), limit=settings.limit, seed=settings.seed,
+                backbone, data[split], needed, limit=settings.limit, seed=settings.seed,
                 cache_dir=settings.cache_dir, batch_size=settings.batch_size, device=settings.device,
                 quiet=settings.quiet, log=log)
             log(f"{split}: {cache[split]} {ctx.acts[split].path}")

@@ -15,9 +15,9 @@ kinds (``reads``):
   the task needs ``bits_per_dim``/``sample``.
 
 ``check(options, data)`` (optional) runs before any extraction or training, for checks that need
-only the raw splits (labels per class, sizes). ``run(ctx)`` returns a list of dicts with at least ``layer``, ``split``, ``metric`` and ``value``
-(``stderr`` and ``n`` where known); the runner stamps the provenance and identity onto each and
-writes one results file. Anything the task makes besides numbers (weights, images, curves) goes
+only the raw splits (labels per class, sizes). ``run(ctx)`` returns a list of dicts with at least
+``layer``, ``split``, ``metric`` and ``value`` (``stderr`` and ``n`` where known); the runner stamps
+the provenance and identity onto each and writes one results file. Anything the task makes besides numbers (weights, images, curves) goes
 under ``ctx.artifacts``, a folder beside the results file.
 """
 
