@@ -18,6 +18,7 @@ import struct
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,6 +44,14 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of images, labels and indices: what the cache and results identities key on
+        (computed once per split, however many identities need it)."""
+        from bench.store import data_digest
+
+        return data_digest(self.images, self.labels, self.indices)
 
 
 class Dataset:

@@ -10,7 +10,7 @@ from backbones.base import Backbone
 from bench.datasets import SplitData
 from bench.provenance import git_commit, now, versions
 from bench.runtime import progress_bar
-from bench.store import ActivationFile, cache_path, check_writable, data_digest, find_superset, write_activations
+from bench.store import ActivationFile, cache_path, check_writable, find_superset, write_activations
 
 
 def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int) -> dict:
@@ -22,7 +22,7 @@ def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: i
         "limit": limit,
         "seed": seed if limit is not None else None,
         "layers": list(layers),
-        "data_digest": data_digest(data.images, data.labels, data.indices),
+        "data_digest": data.digest,
     }
 
 

@@ -21,7 +21,7 @@ from bench.extract import extract
 from bench.provenance import git_commit, now, versions
 from bench.records import finished_run, result_identity, results_path, run_id, write_results
 from bench.registry import TASKS
-from bench.store import check_writable, data_digest
+from bench.store import check_writable
 from tasks.base import RunContext, Task
 
 
@@ -86,7 +86,7 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     task.check(options, data)
     identity = result_identity(
         fingerprint=backbone.fingerprint, dataset=job.dataset,
-        data_digests={s: data_digest(d.images, d.labels, d.indices) for s, d in data.items()},
+        data_digests={s: d.digest for s, d in data.items()},
         task=job.task, options=options, layers=layers, seed=settings.seed, limit=settings.limit, tag=settings.tag)
     out = results_path(settings.results_dir, backbone.name, weights_label(backbone), identity)
     if not settings.rerun:

@@ -137,6 +137,11 @@ def choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def show_list(values) -> str:
+    """A list option's value as the comma-separated text that parses back to it."""
+    return ",".join(str(v) for v in values)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

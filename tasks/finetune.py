@@ -48,6 +48,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from tasks.base import Option, RunContext, Task, choice, nonnegative_int
+from tasks.linear_probe import binomial_se
 
 MAX_EPOCHS = 1000
 GRAD_CLIP = 1.0
@@ -131,7 +132,6 @@ class Plan:
 
 def make_plan(ctx: RunContext) -> Plan:
     from bench.registry import DATASETS
-    from bench.store import data_digest
 
     backbone, opts = ctx.backbone, ctx.options
     module = backbone.module
@@ -164,7 +164,7 @@ def make_plan(ctx: RunContext) -> Plan:
     settings = {
         "format": SETTINGS_FORMAT, "version": SETTINGS_VERSION, "backbone": backbone.name,
         "fingerprint": backbone.fingerprint, "dataset": dataset,
-        "data": {s: data_digest(d.images, d.labels, d.indices) for s, d in sorted(ctx.data.items())},
+        "data": {s: d.digest for s, d in sorted(ctx.data.items())},
         "options": json.loads(json.dumps(opts, sort_keys=True, default=str)), "layer": layer, "seed": ctx.seed,
         "device": device_kind, "precision": precision,
     }
@@ -192,11 +192,6 @@ def augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) 
     if flip:
         cols = np.where((rng.random(count) < 0.5)[:, None], cols[:, ::-1], cols)
     return padded[np.arange(count)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def binomial_se(correct: int, n: int) -> float:
-    p = correct / max(n, 1)
-    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, positive_int
+from tasks.base import Option, RunContext, Task, choice, positive_int, show_list
 from tasks.linear_probe import top1
 
 DEFAULT_KS = (10, 20, 50, 100, 200)
@@ -46,10 +46,6 @@ def _positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("must be a positive number")
     return value
-
-
-def _show_ints(values) -> str:
-    return ",".join(str(v) for v in values)
 
 
 def unit_rows(X, device: str = "cpu"):
@@ -126,7 +122,7 @@ class KNN(Task):
     splits = ("train", "val", "test")
     options = {
         "k": Option(list(DEFAULT_KS), _ks, "comma-separated neighbour counts to choose from on val, e.g. 10,20,50",
-                    show=_show_ints),
+                    show=show_list),
         "temperature": Option(0.07, _positive_float, "vote weight exp(similarity / temperature), a positive number"),
         "bank": Option("train+val", choice("train+val", "train"),
                        "the neighbours test is scored against once k is chosen: train+val or train"),
@@ -138,7 +134,7 @@ class KNN(Task):
     def check(self, options: dict, data: dict) -> None:
         ks, n_train = options["k"], len(data["train"])
         if ks[-1] > n_train:
-            raise BenchError(f"-o k={_show_ints(ks)} asks for {ks[-1]} neighbours but the train split has "
+            raise BenchError(f"-o k={show_list(ks)} asks for {ks[-1]} neighbours but the train split has "
                              f"{n_train} images; use k values of at most {n_train}")
 
     def run(self, ctx: RunContext) -> list[dict]:

@@ -68,10 +68,8 @@ class LogisticRegressionLBFGS:
         import torch
 
         X = torch.as_tensor(X, device=device)
-        S = (X.T @ X).double() / max(len(X), 1)
-        s, Q = torch.linalg.eigh(S)
-        Q = Q.to(X.dtype)
-        return X @ Q, Q, s.clamp(min=0).to(X.dtype)
+        Q, s = second_moment_basis(X, device)
+        return X @ Q, Q, s
 
     def fit(self, X, y, lam: float, warm: LogisticRegressionLBFGS | None = None, basis=None):
         import torch
@@ -121,10 +119,26 @@ class LogisticRegressionLBFGS:
             return (X @ self.W + self.b).argmax(1).cpu().numpy()
 
 
+def second_moment_basis(X, device: str = "cpu"):
+    """(Q, s): the eigenvectors and eigenvalues of X^T X / n, the basis of ``LogisticRegressionLBFGS``'s
+    preconditioner; a fit on rows ``idx`` of X alone may pass ``basis=(X[idx] @ Q, Q, s)``."""
+    import torch
+
+    X = torch.as_tensor(X, device=device)
+    s, Q = torch.linalg.eigh((X.T @ X).double() / max(len(X), 1))
+    return Q.to(X.dtype), s.clamp(min=0).to(X.dtype)
+
+
+def binomial_se(correct: int, n: int) -> float:
+    """The binomial standard error of an accuracy of ``correct`` out of ``n``, in percent."""
+    p = correct / max(n, 1)
+    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
 def top1(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Accuracy in percent and its binomial standard error."""
-    p = float((pred == y).mean())
-    return 100.0 * p, 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(len(y), 1))
+    correct = int((pred == y).sum())
+    return 100.0 * (correct / max(len(y), 1)), binomial_se(correct, len(y))
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,14 @@ from contextlib import contextmanager
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, positive_int
+from tasks.base import Option, RunContext, Task, choice, positive_int, show_list
 from tasks.linear_probe import (
     LinearProbe,
     LogisticRegressionLBFGS,
     _grid,
     _show_grid,
     probe_layer,
+    second_moment_basis,
     standardize,
     top1,
 )
@@ -69,16 +70,12 @@ def _shots(text: str) -> list[int]:
     return sorted(values)
 
 
-def _show_ints(values) -> str:
-    return ",".join(str(v) for v in values)
-
-
 def check_shots(labels: np.ndarray, shots: list[int]) -> None:
     """BenchError when the largest budget is more than the smallest class of ``labels`` holds."""
     classes, counts = np.unique(labels, return_counts=True)
     smallest = int(counts.argmin())
     if max(shots) > counts[smallest]:
-        raise BenchError(f"-o shots={_show_ints(shots)} asks for {max(shots)} train images per class but class "
+        raise BenchError(f"-o shots={show_list(shots)} asks for {max(shots)} train images per class but class "
                          f"{classes[smallest]} has {counts[smallest]}; use shots of at most {counts[smallest]}")
 
 
@@ -90,16 +87,6 @@ def sample_shots(labels: np.ndarray, shots: list[int], seed: int, draw: int) -> 
     rng = np.random.default_rng([seed, draw])
     perms = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     return {k: np.sort(np.concatenate([p[:k] for p in perms])) for k in shots}
-
-
-def train_basis(X, device: str = "cpu"):
-    """(Q, s): the eigenbasis and eigenvalues of X^T X / n, for ``LogisticRegressionLBFGS``'s
-    preconditioner; a fit on rows ``idx`` of X passes ``basis=(X[idx] @ Q, Q, s)``."""
-    import torch
-
-    X = torch.as_tensor(X, device=device)
-    s, Q = torch.linalg.eigh((X.T @ X).double() / max(len(X), 1))
-    return Q.to(X.dtype), s.clamp(min=0).to(X.dtype)
 
 
 @contextmanager
@@ -128,7 +115,7 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
     import torch
 
     Xtr_s, Xva_s, Xte_s = standardize(Xtr, Xva, Xte)
-    Q, s = train_basis(Xtr_s, device)
+    Q, s = second_moment_basis(Xtr_s, device)
     draws = [sample_shots(ytr, shots, seed, d) for d in range(seeds)]
     val = {k: np.zeros((seeds, len(grid))) for k in shots}  # val top-1 per draw and strength
     fits = {}  # (k, draw, strength index) -> fitted classifier; test is scored after the choice only
@@ -166,7 +153,7 @@ class LowDataProbe(Task):
     options = {
         "shots": Option(list(DEFAULT_SHOTS), _shots,
                         "comma-separated train images per class, e.g. 1,5,10,100 ('paper' adds 4,25,400)",
-                        show=_show_ints),
+                        show=show_list),
         "seeds": Option(5, positive_int, "random draws of the labelled images per budget, a positive integer"),
         "layer": Option("all", choice("all", "best"),
                         "all: every requested layer; best: only the layer with the best val top-1 of a full "

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bench.datasets import load_split
-from tasks.linear_probe import LogisticRegressionLBFGS, standardize
-from tasks.low_data_probe import low_data_layer, sample_shots, train_basis
+from tasks.linear_probe import LogisticRegressionLBFGS, second_moment_basis, standardize
+from tasks.low_data_probe import low_data_layer, sample_shots
 from tests.conftest import assert_user_error
 
 GRID = ("-o", "l2_grid=1e-2,1,100")
@@ -43,7 +43,7 @@ def test_a_subset_fit_in_the_full_train_basis_reaches_sklearns_minimum(lam):
 
     d = load_split("digits", "train")
     X = standardize(_pixels(d))[0]
-    Q, s = train_basis(X)
+    Q, s = second_moment_basis(X)
     rows = sample_shots(d.labels, [10], seed=0, draw=0)[10]
     Xs, ys = X[rows], d.labels[rows]
     ours = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(Xs, ys, lam, basis=(torch.as_tensor(Xs) @ Q, Q, s))
