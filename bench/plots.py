@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report import best_layers, run_label
+from bench.report import best_layers, curve_rows, run_label, single_layer
 
 
 def _pyplot():
@@ -35,8 +35,7 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
 
 def _single_layer_probe_rows(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[(df.task == "linear-probe") & (df.metric == "top1")]
-    rows = rows[~rows.layer.astype(str).str.contains("+", regex=False)]
-    return rows[_column(rows, "curve").isna() | (_column(rows, "curve") == False)]  # noqa: E712
+    return rows[single_layer(rows.layer) & ~curve_rows(rows)]
 
 
 def probe_depth(df: pd.DataFrame):
@@ -105,8 +104,7 @@ def low_data(df: pd.DataFrame):
 
 def learning_curves(df: pd.DataFrame):
     """Fine-tuning: training loss (left) and val top-1 (right) per epoch."""
-    curve = _column(df, "curve")
-    rows = df[(curve == True) & _column(df, "epoch").notna()]  # noqa: E712
+    rows = df[curve_rows(df) & _column(df, "epoch").notna()]
     if rows.empty:
         return None
     plt = _pyplot()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.layers import is_group
 from bench.records import collect, read_results
 
 TIDY = ["backbone", "weights", "step", "tag", "dataset", "task", "layer", "split", "metric", "value", "stderr",
@@ -57,7 +58,7 @@ def load(paths) -> pd.DataFrame:
 def best_layers(df: pd.DataFrame) -> pd.Series:
     """Per run (results file): the single layer with the best val top-1 (the shallowest on a
     tie); concatenated groups are extra rows, not candidates."""
-    val = df[(df.metric == "top1") & (df.split == "val") & ~df.layer.astype(str).str.contains("+", regex=False)]
+    val = df[(df.metric == "top1") & (df.split == "val") & single_layer(df.layer)]
     if "shots" in df.columns:
         val = val[val.shots.isna()]
     if not len(val):
@@ -84,10 +85,15 @@ def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
     if len(per_run) == len(per_run.drop_duplicates(descriptive)):
         columns.remove("run")
     extra = [c for c in ("shots", "seeds", "std", "best") if c in df.columns]
-    return df.loc[~_curve_rows(df), columns + extra].reset_index(drop=True)
+    return df.loc[~curve_rows(df), columns + extra].reset_index(drop=True)
 
 
-def _curve_rows(df: pd.DataFrame) -> pd.Series:
+def single_layer(layers: pd.Series) -> pd.Series:
+    """True where a row is of one layer, not a concatenated group (``h2+h3``)."""
+    return ~layers.astype(str).map(is_group)
+
+
+def curve_rows(df: pd.DataFrame) -> pd.Series:
     """Per-epoch records of training curves (``curve: true``): plotted, not tabulated."""
     if "curve" not in df.columns:
         return pd.Series(False, index=df.index)
@@ -109,7 +115,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run × layer (× labels per class): a column per (split, metric), a ``± …``
     column beside it where the numbers are means over seeds, and ``best`` (the run's layer chosen
     by val top-1). Curve records are left out."""
-    df = mark_best(df[~_curve_rows(df)])
+    df = mark_best(df[~curve_rows(df)])
     df = df.assign(run_name=df.file.map(run_label(df, within=("dataset", "task"))),
                    column=df.split.astype(str) + " " + df.metric.astype(str), spread=spread(df))
     keys = ["dataset", "task", "run_name", "layer"] + (["shots"] if "shots" in df.columns and df.shots.notna().any()
@@ -144,7 +150,7 @@ def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.Da
     task's (split, metric) columns, and ``best`` (the best row by the first column when that is a
     val top-1)."""
     df = frame(records)
-    df = df[~_curve_rows(df)]
+    df = df[~curve_rows(df)]
     columns = dict(columns)
     for split, metric in df[["split", "metric"]].drop_duplicates().itertuples(index=False):
         columns.setdefault((split, metric), f"{split} {metric}")
@@ -162,7 +168,7 @@ def run_table(records: list[dict], columns: dict[tuple[str, str], str]) -> pd.Da
         if metric in INTEGER_METRICS:
             out[header] = pd.array(pd.to_numeric(out[header]).round(), dtype="Int64")
     first_key = next(iter(columns), None)
-    single = ~out.layer.astype(str).str.contains("+", regex=False)
+    single = single_layer(out.layer)
     if first_key == ("val", "top1") and "shots" not in keys and single.sum() > 1:
         val = out[columns[first_key]].astype(float).where(single)
         if val.notna().any():
