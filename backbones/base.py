@@ -12,7 +12,12 @@ plugin class provides (subclass ``Backbone``):
 - ``config()``: architecture + preprocessing facts (JSON-able) for the fingerprint;
 - optional: ``weights_digest()`` (hash of the weights, for the fingerprint), ``module`` (the torch
   module holding trainable parameters, for tasks that train; None when there is none), ``to(device)``,
-  ``step`` (training step of the weights, for checkpoints), ``weights`` (a label for the weights).
+  ``step`` (training step of the weights, for checkpoints), ``weights`` (a label for the weights);
+- optional, a generative side (``generative = True``): ``bits_per_dim(images)``, ``sample(n,
+  temperature, top_k, seed)`` -> uint8 images, and ``model_view(images)`` (real images as the model
+  sees them: its resolution and quantization), read by ``bits-per-dim`` and ``sample-quality``;
+  and ``weights_info(weights)`` (static): facts a study must not mix (palette, training dataset),
+  read from the files without loading the weights.
 
 From those the base class derives ``fingerprint`` (a hash of config + weights digest) and
 ``provenance()``. A registered object is either such a class or a *family* (``family = True``)

@@ -51,7 +51,7 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
     outcomes, failures = sweep.execute(plan)
     if failures:
         lines = "; ".join(f"{f.job.describe()}: {f.message}" for f in failures)
-        raise BenchError(f"{len(failures)} of {len(plan.jobs)} jobs failed: {lines}")
+        raise BenchError(f"{len(failures)} of {len(plan.jobs) + len(plan.studies)} jobs failed: {lines}")
     return frame([r for outcome in outcomes for r in outcome.records])
 
 

@@ -285,7 +285,7 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
     """
     from bench import sweep
     from bench.job import Settings
-    from bench.report import render, run_table
+    from bench.report import frame, render, run_table, study_tables
 
     settings = Settings(layers=layers, data_root=data_root, limit=limit, seed=seed, tag=tag, batch_size=batch_size,
                         device=device, results_dir=results_dir, rerun=rerun, quiet=_quiet(ctx), log=_log(ctx))
@@ -296,6 +296,13 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 prints
             return
         job = outcome.job
+        if getattr(outcome.task, "study", False):
+            for title, table in study_tables(frame(outcome.records)):
+                render(table, "table", title=title)
+            click.echo(f"study{' (skipped: done already)' if outcome.status == 'skipped' else ''}: {outcome.path}")
+            if outcome.path.with_suffix("").is_dir():
+                click.echo(f"plots: {outcome.path.with_suffix('')}")
+            return
         title = f"{job.task} · {outcome.records[0]['backbone']}"
         title += f" · step {outcome.records[0]['step']}" if outcome.records[0].get("step") is not None else ""
         title += f" · {job.dataset}" + (f" (limit {limit})" if limit else "")
@@ -307,7 +314,7 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
 
     outcomes, failures = sweep.execute(plan, on_outcome=show, on_failure=failed)
     if failures:
-        click.echo(f"{len(failures)} of {len(plan.jobs)} runs failed (listed above); "
+        click.echo(f"{len(failures)} of {len(plan.jobs) + len(plan.studies)} runs failed (listed above); "
                    f"{len(outcomes)} succeeded", err=True)
         ctx.exit(2 if all(f.user_error for f in failures) else 1)
 
@@ -332,7 +339,7 @@ def report(paths, fmt_name, best, out, plot_dir):
       bench report bench-results/ --format html --out report.html --plot plots/
     """
     from bench import api
-    from bench.report import render, tidy_view
+    from bench.report import render_all
 
     if out:
         from bench.store import check_writable
@@ -350,7 +357,7 @@ def report(paths, fmt_name, best, out, plot_dir):
 
         text = page(df)
     else:
-        text = render(tidy_view(df), fmt_name)
+        text = render_all(df, fmt_name)
     if plot_dir:
         from bench.plots import write_all
 

@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from bench.report import fmt, summary
+from bench.report import fmt, study_tables, summary
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1d2433; }
@@ -65,6 +65,8 @@ def page(df: pd.DataFrame, title: str = "igpt-bench report") -> str:
         parts.append(f"<h2>{html.escape(str(task))} · {html.escape(str(dataset))}</h2>")
         empty = [c for c in group.columns if group[c].isna().all() or (group[c].astype(str) == "").all()]
         parts.append(table_html(group.drop(columns=empty)))
+    for title, table in study_tables(df):
+        parts.append(f"<h2>{html.escape(title)}</h2>{table_html(table)}")
     for name, fig in figures(df).items():
         data = base64.b64encode(png_bytes(fig)).decode()
         parts.append(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")

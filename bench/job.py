@@ -97,8 +97,8 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     check_writable(out, "--results folder")
 
     ctx = RunContext(backbone=backbone, layers=layers, options=options, seed=settings.seed,
-                     device=settings.device, data=data, artifacts=out.with_suffix(""), log=log,
-                     quiet=settings.quiet)
+                     device=settings.device, dataset=job.dataset, data=data, artifacts=out.with_suffix(""),
+                     cache_dir=settings.cache_dir, log=log, quiet=settings.quiet)
     cache = {}
     if task.reads == "model":
         backbone.to(settings.device)

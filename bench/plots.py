@@ -4,7 +4,11 @@
   chosen by val marked (the paper's unimodal curve);
 - ``low_data``: test top-1 against labels per class (log scale), mean ± std over seeds, one line
   per run at its layer with the best mean val top-1;
-- ``learning_curves``: fine-tuning's training loss and val top-1 per epoch, one line per run.
+- ``learning_curves``: fine-tuning's training loss and val top-1 per epoch, one line per run;
+- ``correlation_scatter`` (a study): each quality measure against best-layer test top-1, one line
+  per model size through its checkpoints in step order (the paper's Figure 3), ρ in the titles;
+- ``checkpoint_depth`` (a study): test top-1 against relative depth for every checkpoint on one
+  axes, a colour per model size, darker for later steps, the layer chosen by val starred.
 
 Each returns a matplotlib Figure, or None when the frame holds nothing of its kind; ``write_all``
 saves the ones there are as PNG files.
@@ -131,17 +135,107 @@ def learning_curves(df: pd.DataFrame):
     return fig
 
 
+def _study(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["study"].notna()] if "study" in df.columns else df.iloc[:0]
+
+
+def _sizes(rows: pd.DataFrame):
+    """(size, colormap) pairs: one sequential colormap per model size."""
+    plt = _pyplot()
+    maps = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
+    return [(size, plt.get_cmap(maps[i % len(maps)])) for i, size in enumerate(dict.fromkeys(rows["size"]))]
+
+
+def correlation_scatter(df: pd.DataFrame):
+    """Per quality measure a panel: its value against best-layer test top-1, per model size."""
+    study = _study(df)
+    quality = study[study.kind == "quality"]
+    best = study[(study.kind == "best") & (study.split == "test")].set_index(["file", "point"]).value
+    if quality.empty or best.empty:
+        return None
+    plt = _pyplot()
+    from bench.report import QUALITY_HEADERS
+
+    measures = list(dict.fromkeys(quality.metric))
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.6), squeeze=False)
+    stats = study[(study.kind == "stat") & (study.metric == "spearman")]
+    for ax, metric in zip(axes[0], measures):
+        rows = quality[quality.metric == metric]
+        for size, cmap in _sizes(rows):
+            run = rows[rows["size"] == size].sort_values("step", na_position="first")
+            y = [best[(f, p)] for f, p in zip(run.file, run.point)]
+            ax.plot(run.value.astype(float), y, marker="o", markersize=4, color=cmap(0.7), label=size)
+        head = QUALITY_HEADERS.get(metric, metric)
+        stat = stats[stats.quality == metric]
+        title = head
+        if len(stat) and pd.notna(stat.value.iloc[0]):
+            s = stat.iloc[0]
+            title += f"\nSpearman ρ = {s.value:.2f}"
+            if pd.notna(s.lo):
+                title += f" [{s.lo:.2f}, {s.hi:.2f}]"
+            title += f", n = {int(s.n)}"
+        ax.set(xlabel=head, title=title)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("best-layer test top-1 (%)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def checkpoint_depth(df: pd.DataFrame):
+    """Test top-1 by relative depth for every checkpoint of a study on one axes."""
+    study = _study(df)
+    layers = study[(study.kind == "layer") & (study.split == "test")]
+    if layers.empty:
+        return None
+    plt = _pyplot()
+    chosen = study[(study.kind == "best") & (study.split == "test")].set_index(["file", "point"]).layer
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for size, cmap in _sizes(layers):
+        rows = layers[layers["size"] == size]
+        points = list(dict.fromkeys(zip(rows.file, rows.point)))
+        steps = rows.drop_duplicates(["file", "point"]).step.astype(float)
+        order = [p for _, p in sorted(zip(steps.fillna(0), points), key=lambda t: t[0])]
+        for i, (file, point) in enumerate(order):
+            run = rows[(rows.file == file) & (rows.point == point)].sort_values("depth")
+            shade = 0.35 + 0.6 * (i / max(1, len(order) - 1))
+            last = i == len(order) - 1
+            (line,) = ax.plot(run.depth.astype(float), run.value.astype(float), marker="o", markersize=3,
+                              color=cmap(shade), label=f"{size} · {point}" if (i == 0 or last) else None)
+            pick = run[run.layer == chosen.get((file, point))]
+            if len(pick):
+                ax.plot(float(pick.depth.iloc[0]), float(pick.value.iloc[0]), marker="*", markersize=11,
+                        color=line.get_color(), markeredgecolor="black", linestyle="none")
+    ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
+    ax.set_ylabel("linear probe test top-1 (%)")
+    ax.set_title("Accuracy by depth for every checkpoint (darker = later; ★ = chosen on val)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS = {"probe-depth": probe_depth, "low-data": low_data, "finetune-curves": learning_curves}
+STUDY_PLOTS = {"correlation-scatter": correlation_scatter, "checkpoint-depth": checkpoint_depth}
 
 
-def figures(df: pd.DataFrame) -> dict:
-    """{name: Figure} for every kind of plot the frame has data for."""
+def _draw(df: pd.DataFrame, plots: dict) -> dict:
     out = {}
-    for name, draw in PLOTS.items():
+    for name, draw in plots.items():
         fig = draw(df)
         if fig is not None:
             out[name] = fig
     return out
+
+
+def figures(df: pd.DataFrame) -> dict:
+    """{name: Figure} for every kind of plot the frame has data for."""
+    return _draw(df, {**PLOTS, **STUDY_PLOTS})
+
+
+def study_figures(df: pd.DataFrame) -> dict:
+    """The plots of a study's records."""
+    return _draw(df, STUDY_PLOTS)
 
 
 def png_bytes(fig) -> bytes:
@@ -151,9 +245,13 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def write_all(df: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Save each plot the frame has data for as ``<folder>/<name>.png`` (written atomically)."""
+def write_figures(figs: dict, folder: str | Path) -> list[Path]:
+    """Save {name: Figure} as ``<folder>/<name>.png`` (written atomically)."""
     from bench.records import atomic_write_bytes
 
-    folder = Path(folder)
-    return [atomic_write_bytes(folder / f"{name}.png", png_bytes(fig)) for name, fig in figures(df).items()]
+    return [atomic_write_bytes(Path(folder) / f"{name}.png", png_bytes(fig)) for name, fig in figs.items()]
+
+
+def write_all(df: pd.DataFrame, folder: str | Path) -> list[Path]:
+    """Save each plot the frame has data for as ``<folder>/<name>.png``."""
+    return write_figures(figures(df), folder)

@@ -77,7 +77,8 @@ def mark_best(df: pd.DataFrame) -> pd.DataFrame:
 
 def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a person reads: weights/step/tag/limit where some run has them, and the run id
-    where the other columns do not tell the runs apart."""
+    where the other columns do not tell the runs apart. Study records are left out (``study_tables``)."""
+    df = df[~study_rows(df)]
     columns = [c for c in TIDY if c not in OPTIONAL or df[c].notna().any()]
     descriptive = [c for c in ("backbone", "weights", "step", "tag", "dataset", "task", "seed", "limit")
                    if c in columns]
@@ -91,6 +92,70 @@ def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
 def single_layer(layers: pd.Series) -> pd.Series:
     """True where a row is of one layer, not a concatenated group (``h2+h3``)."""
     return ~layers.astype(str).map(is_group)
+
+
+def study_rows(df: pd.DataFrame) -> pd.Series:
+    """Records of a study file (``study: correlation``): tabulated by ``study_tables``."""
+    if "study" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["study"].notna()
+
+
+QUALITY_HEADERS = {"bits_per_dim": "bits/dim", "fd": "FD", "kid": "KID", "precision": "precision",
+                   "recall": "recall"}
+
+
+def study_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per study file two tables: its checkpoints (size, step, quality measures, the best layer by
+    val with its val and test top-1) and its statistics (Pearson r and Spearman ρ of each quality
+    measure against best-layer test top-1, with the 95% bootstrap interval and n)."""
+    out = []
+    for _, study in df[study_rows(df)].groupby("file", sort=False):
+        rows = []
+        for point, p in study[study.kind.isin(["quality", "best"])].groupby("point", sort=False):
+            first = p.iloc[0]
+            row = {"size": first["size"], "step": first["step"], "checkpoint": point}
+            for metric, header in QUALITY_HEADERS.items():
+                hit = p[(p.kind == "quality") & (p.metric == metric)]
+                if len(hit):
+                    row[header] = float(hit.value.iloc[0])
+            best = p[p.kind == "best"]
+            row["best layer"] = best.layer.iloc[0]
+            row["depth"] = float(best.depth.iloc[0])
+            for split in ("val", "test"):
+                row[f"{split} top1"] = float(best[best.split == split].value.iloc[0])
+            rows.append(row)
+        points = pd.DataFrame(rows)
+        points["step"] = pd.array(points["step"], dtype="Int64")
+        points = points.sort_values(["size", "step"], kind="stable").reset_index(drop=True)
+        stats = []
+        for quality, q in study[study.kind == "stat"].groupby("quality", sort=False):
+            row = {"quality": QUALITY_HEADERS.get(quality, quality)}
+            for method, label in (("pearson", "Pearson r"), ("spearman", "Spearman ρ")):
+                hit = q[q.metric == method].iloc[0]
+                row[label] = hit.value
+                row[f"{label} 95% CI"] = (f"[{hit.lo:.2f}, {hit.hi:.2f}]" if pd.notna(hit.lo) and pd.notna(hit.hi)
+                                          else "—")
+            row["n"] = int(q.n.iloc[0])
+            stats.append(row)
+        name = f"{study.task.iloc[0]} · {study.dataset.iloc[0]} · {len(points)} checkpoints"
+        out.append((f"{name}: checkpoints (best layer by val)", points))
+        out.append((f"{name}: against best-layer test top-1", pd.DataFrame(stats)))
+    return out
+
+
+def render_all(df: pd.DataFrame, fmt_name: str = "table") -> str | None:
+    """The tidy table of the runs, then each study's tables: printed (``table``) or as text."""
+    parts = []
+    plain = df[~study_rows(df)]
+    if len(plain):
+        parts.append(render(tidy_view(plain), fmt_name))
+    for title, table in study_tables(df):
+        text = render(table, fmt_name, title=title)
+        if text is not None:
+            parts.append(f"{title}\n{text}" if fmt_name == "csv" else f"### {title}\n\n{text}")
+    texts = [p for p in parts if p is not None]
+    return "\n\n".join(t.rstrip("\n") for t in texts) + "\n" if texts else None
 
 
 def curve_rows(df: pd.DataFrame) -> pd.Series:
@@ -114,8 +179,8 @@ def spread(df: pd.DataFrame) -> pd.Series:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run × layer (× labels per class): a column per (split, metric), a ``± …``
     column beside it where the numbers are means over seeds, and ``best`` (the run's layer chosen
-    by val top-1). Curve records are left out."""
-    df = mark_best(df[~curve_rows(df)])
+    by val top-1). Curve and study records are left out."""
+    df = mark_best(df[~curve_rows(df) & ~study_rows(df)])
     df = df.assign(run_name=df.file.map(run_label(df, within=("dataset", "task"))),
                    column=df.split.astype(str) + " " + df.metric.astype(str), spread=spread(df))
     keys = ["dataset", "task", "run_name", "layer"] + (["shots"] if "shots" in df.columns and df.shots.notna().any()

@@ -3,7 +3,9 @@ models × datasets.
 
 ``plan`` checks every name and expands every ``--weights`` glob before any work, so a typo in the
 fifth backbone is reported before the first extraction. ``execute`` runs the jobs in order under
-one progress bar; a job that fails is reported and the sweep goes on.
+one progress bar; a job that fails is reported and the sweep goes on. A study task (``study =
+True``, ``bench.study``) becomes its component jobs, shared with the sweep's own jobs where they
+are the same, and runs after them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import glob
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backbones.base import BackboneOptions, resolve
@@ -66,6 +68,7 @@ def split_task_options(tasks: list[str], pairs) -> dict[str, dict]:
 class Sweep:
     jobs: list[Job]
     settings: Settings
+    studies: list = field(default_factory=list)  # bench.study.StudyJob, run after the jobs
 
 
 def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, image_size: int | None = None,
@@ -86,10 +89,29 @@ def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, im
     for name in tasks:  # values are checked before any work too
         TASKS.get(name)().parse_options(per_task[name])
     weight_list = expand_weights(_as_list(weights, None)) if weights else [None]
+    plain = [t for t in tasks if not getattr(TASKS.get(t), "study", False)]
     jobs = [Job(backbone=b, dataset=d, task=t, task_options=per_task[t],
                 options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=settings.seed))
-            for b, w, d, t in itertools.product(backbones, weight_list, datasets, tasks)]
-    return Sweep(jobs, settings)
+            for b, w, d, t in itertools.product(backbones, weight_list, datasets, plain)]
+    studies = []
+    from bench.study import StudyJob, expand
+
+    for t, d in itertools.product([t for t in tasks if t not in plain], datasets):
+        study = expand(t, per_task[t], backbones, weight_list, d, pretrained=pretrained, image_size=image_size,
+                       seed=settings.seed)
+        points = []
+        for members in study.points:  # a member the sweep runs anyway is that same job
+            points.append(tuple(_same_or_new(job, jobs) for job in members))
+        studies.append(StudyJob(study.task, study.dataset, study.options, tuple(points)))
+    return Sweep(jobs, settings, studies)
+
+
+def _same_or_new(job: Job, jobs: list[Job]) -> Job:
+    for other in jobs:
+        if repr(other) == repr(job):
+            return other
+    jobs.append(job)
+    return job
 
 
 def _as_list(value, what: str | None) -> list[str]:
@@ -101,7 +123,7 @@ def _as_list(value, what: str | None) -> list[str]:
 
 @dataclass
 class Failure:
-    job: Job
+    job: Job  # or a bench.study.StudyJob
     message: str
     user_error: bool  # a BenchError (exit 2) rather than a bug (exit 1)
 
@@ -111,27 +133,46 @@ def execute(sweep: Sweep, on_outcome=lambda outcome: None, on_failure=lambda fai
     """Run every job in order. A single job's error propagates (one command, one error); in a
     sweep each failure is reported through ``on_failure`` and the rest go on."""
     from bench.runtime import progress_bar
+    from bench.study import run_study
 
     settings = sweep.settings
-    if len(sweep.jobs) == 1:
+    if len(sweep.jobs) == 1 and not sweep.studies:
         outcome = run_job(sweep.jobs[0], settings)
         on_outcome(outcome)
         return [outcome], []
-    outcomes, failures = [], []
-    with progress_bar(f"sweep of {len(sweep.jobs)} jobs", len(sweep.jobs), settings.quiet) as bar:
+    outcomes, failures, done = [], [], {}
+    total = len(sweep.jobs) + len(sweep.studies)
+    with progress_bar(f"sweep of {total} jobs", total, settings.quiet) as bar:
         for job in sweep.jobs:
-            try:
-                outcome = run_job(job, settings)
-            except BenchError as e:
-                failures.append(Failure(job, str(e), True))
-                on_failure(failures[-1])
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # noqa: BLE001 - one broken job must not end the sweep
-                failures.append(Failure(job, f"internal error: {type(e).__name__}: {e}", False))
-                on_failure(failures[-1])
-            else:
+            outcome = _guarded(lambda job=job: run_job(job, settings), job, failures, on_failure)
+            if outcome is not None:
+                done[id(job)] = outcome
                 outcomes.append(outcome)
                 on_outcome(outcome)
             bar.advance(1)
+        for study in sweep.studies:
+            missing = sum(id(job) not in done for jobs in study.points for job in jobs)
+            if missing:
+                failures.append(Failure(study, f"{missing} of its component runs failed (listed above)", True))
+                on_failure(failures[-1])
+            else:
+                outcome = _guarded(lambda study=study: run_study(study, done, settings), study, failures, on_failure)
+                if outcome is not None:
+                    outcomes.append(outcome)
+                    on_outcome(outcome)
+            bar.advance(1)
     return outcomes, failures
+
+
+def _guarded(work, job, failures: list, on_failure):
+    """``work()``, or None after recording its failure: one broken job must not end the sweep."""
+    try:
+        return work()
+    except BenchError as e:
+        failures.append(Failure(job, str(e), True))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001
+        failures.append(Failure(job, f"internal error: {type(e).__name__}: {e}", False))
+    on_failure(failures[-1])
+    return None

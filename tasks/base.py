@@ -55,9 +55,11 @@ class RunContext:
     options: dict
     seed: int = 0
     device: str = "cpu"
+    dataset: str = ""
     data: dict = field(default_factory=dict)  # split -> bench.datasets.SplitData
     acts: dict = field(default_factory=dict)  # split -> bench.store.ActivationFile (activation tasks)
     artifacts: Path | None = None  # a folder beside the results file; created on first use
+    cache_dir: Path | None = None  # the activation cache (None: bench.store.default_cache_dir())
     log: Callable[[str], None] = lambda msg: None
     quiet: bool = False
 

@@ -91,6 +91,13 @@ class IGPTBackbone(Backbone):
             raise BenchError("RGB data under a grayscale palette; use RGB weights or grayscale data")
         return cls(name, model, palette, h, w, source)
 
+    @staticmethod
+    def weights_info(weights) -> dict:
+        """Palette and training dataset of ``--weights`` (read without loading them), for studies."""
+        from .weights import weights_info
+
+        return weights_info(weights)
+
     def to(self, device):
         self.model.to(device)
         self.device = device
@@ -164,6 +171,11 @@ class IGPTBackbone(Backbone):
 
         return bits_per_dim(self.model, self.tokens(images), images.shape[-1], batch_size, self.device)
 
+    def model_view(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images as the model sees them: resized to its resolution and quantized to its
+        palette (the real side of a sample metric, so that it judges the model, not the palette)."""
+        return self.palette.dequantize(self.tokens(images), self.height, self.width)
+
     def _check_sampling(self, temperature: float, top_k: int | None) -> None:
         if not (temperature > 0 and np.isfinite(temperature)):
             raise BenchError(f"--temperature must be a positive number, got {temperature}")
@@ -206,7 +218,7 @@ class IGPTBackbone(Backbone):
         """Rows of (original, what the model saw, completions…) as (N, 2 + samples, H, W, C):
         the original and the shown image are quantized like the model's input, the hidden rows grey."""
         comps = self.complete(images, keep_rows, samples, temperature, top_k, seed)
-        truth = self.palette.dequantize(self.tokens(images), self.height, self.width)
+        truth = self.model_view(images)
         shown = truth.copy()
         shown[:, keep_rows:] = 127
         return np.concatenate([truth[:, None], shown[:, None], comps], axis=1)

@@ -97,6 +97,35 @@ def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
     return model, palette, (int(h), int(w)), {"weights": str(weights.resolve()), "format": "transformers"}
 
 
+def weights_info(weights) -> dict:
+    """What a study must not mix, read from the files without loading the weights: the palette
+    (sha256 of its centers) and, for our checkpoints, the dataset they were trained on."""
+    import hashlib
+
+    from .checkpoint import is_checkpoint, latest_checkpoint
+
+    if weights is None:
+        return {"palette": "uniform"}
+    folder = Path(weights)
+    if folder.is_dir() and not is_checkpoint(folder) and (folder / "checkpoints").is_dir():
+        folder = latest_checkpoint(folder) or folder
+    info: dict = {}
+    if is_checkpoint(folder):
+        palette_file = folder / "palette.json"
+        try:
+            info["dataset"] = (json.loads((folder / "igpt.json").read_text()).get("train") or {}).get("dataset")
+        except (OSError, ValueError):
+            pass
+    else:
+        palette_file = folder / "preprocessor_config.json"
+    if palette_file.is_file():
+        try:
+            info["palette"] = hashlib.sha256(Palette.load(palette_file).centers.tobytes()).hexdigest()[:12]
+        except BenchError:
+            pass
+    return info
+
+
 def _from_hub(repo_id: str) -> Path:
     """A hub id resolved by huggingface_hub: the local cache first, the network when allowed."""
     from huggingface_hub import snapshot_download

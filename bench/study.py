@@ -1,0 +1,142 @@
+"""Studies: tasks that combine other tasks' results over many checkpoints (``study = True`` on the
+task class, e.g. ``correlation``).
+
+``expand`` turns a study over backbones × weights of one dataset into its component jobs, the
+ordinary jobs of ``bench.job`` (one per checkpoint and component task, each skipped when its
+results file exists), and one ``StudyJob``; ``check`` refuses, before any work, what the study
+cannot compare. ``run_study`` gathers the members' records, hands them to the task's ``combine``
+and writes one results file ``study__<dataset>__<task>[__<tag>]__<id>.json`` whose identity is the
+members' run ids and the study's options: a second call with nothing new recomputes nothing. The
+study's plots go into its artifacts folder beside that file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backbones.base import BackboneOptions, resolve
+from bench.errors import BenchError
+from bench.job import Job, Outcome, Settings
+from bench.provenance import git_commit, now, versions
+from bench.records import finished_run, run_id, write_results
+from bench.registry import TASKS
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """A study of one dataset: per checkpoint (a point) the component jobs that feed it."""
+
+    task: str
+    dataset: str
+    options: dict  # the study's own parsed options
+    points: tuple  # of tuples of Jobs: one tuple of component jobs per checkpoint
+
+    def describe(self) -> str:
+        return f"{self.task} study · {len(self.points)} checkpoints · {self.dataset}"
+
+
+def expand(task_name: str, task_options: dict, backbones: list[str], weights: list, dataset: str, *,
+           pretrained: bool, image_size: int | None, seed: int) -> StudyJob:
+    """The study's component jobs for every backbone × weights, checked for what cannot be mixed."""
+    task = TASKS.get(task_name)()
+    options = task.parse_options(task_options)
+    pairs = [(b, w) for b in backbones for w in weights]
+    task.check_points(len(pairs))
+    check(task, pairs)
+    points = tuple(
+        tuple(Job(backbone=b, dataset=dataset, task=component, task_options=dict(component_options),
+                  options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=seed))
+              for component, component_options in task.components(options).items())
+        for b, w in pairs)
+    return StudyJob(task_name, dataset, options, points)
+
+
+def check(task, pairs: list[tuple[str, str | None]]) -> None:
+    """Generative backbones only, and one palette and one training dataset across the checkpoints
+    (bits/dim and samples compare only under one palette)."""
+    infos = []
+    for backbone, weights in pairs:
+        cls = resolve(backbone)
+        if task.requires_generative and not getattr(cls, "generative", False):
+            raise BenchError(f"task {task.name!r} needs a generative backbone (e.g. igpt); {backbone!r} is not one")
+        info = cls.weights_info(weights) if hasattr(cls, "weights_info") else {}
+        infos.append((f"{backbone}{f' --weights {weights}' if weights else ''}", info))
+    for key, what in (("palette", "palettes"), ("dataset", "training datasets")):
+        seen = {}
+        for name, info in infos:
+            if info.get(key) is not None:
+                seen.setdefault(info[key], name)
+        if len(seen) > 1:
+            (a, first), (b, second) = list(seen.items())[:2]
+            raise BenchError(f"{task.name} mixes checkpoints of different {what}: {first} ({key} {a}) and {second} "
+                             f"({key} {b}); study them apart, or pretrain them with the same dataset and --colors")
+
+
+def run_study(study: StudyJob, outcomes: dict[int, Outcome], settings: Settings) -> Outcome:
+    """Combine the members' records (``outcomes``: id(job) -> Outcome) into the study's results
+    file, unless a finished one with the same identity exists."""
+    t0 = time.time()
+    task = TASKS.get(study.task)()
+    points = []
+    for jobs in study.points:
+        got = [outcomes[id(job)] for job in jobs]
+        records = [r for o in got for r in o.records]
+        first = records[0]
+        points.append({"label": _label(first), "size": _size(got), "backbone": first["backbone"],
+                       "weights": first.get("weights"), "step": first.get("step"), "records": records,
+                       "run": [r["run"] for r in (o.records[0] for o in got)]})
+    identity = {"study": study.task, "dataset": study.dataset, "task": study.task,
+                "options": json.loads(json.dumps(study.options, sort_keys=True, default=str)),
+                "members": [p["run"] for p in points], "seed": settings.seed, "tag": settings.tag}
+    tag = f"__{settings.tag}" if settings.tag else ""
+    out = Path(settings.results_dir) / f"study__{study.dataset}__{study.task}{tag}__{run_id(identity)}.json"
+    if not settings.rerun:
+        done = finished_run(out, identity)
+        if done is not None:
+            (settings.log or (lambda m: None))(f"skipped (done already; --rerun to redo): {out}")
+            return Outcome(study, "skipped", out, done, task)
+    raw = task.combine(points, study.options, settings.seed)
+    stamp = {"task": study.task, "dataset": study.dataset, "tag": settings.tag, "seed": settings.seed,
+             "limit": settings.limit, "run": run_id(identity)}
+    records = [dict(stamp, **r) for r in raw]
+    for i, r in enumerate(records):
+        r.setdefault("layer_index", i)
+    run_info = {**stamp, "identity": identity, "members": [o.path.name for jobs in study.points
+                                                           for o in (outcomes[id(j)] for j in jobs)],
+                "versions": versions(), "git_commit": git_commit(), "time": now(),
+                "seconds": {"total": round(time.time() - t0, 3)}}
+    path = write_results(out, run_info, records)
+    records = [dict(r, file=str(path)) for r in records]
+    _plots(records, out.with_suffix(""))
+    return Outcome(study, "ran", path, records, task)
+
+
+def _label(record: dict) -> str:
+    step = record.get("step")
+    weights = record.get("weights")
+    name = record["backbone"]
+    if step is not None:
+        return f"{name}@step{step}"
+    return f"{name}@{Path(str(weights)).name}" if weights else name
+
+
+def _size(outcomes: list[Outcome]) -> str:
+    """A checkpoint's model size (``igpt 8x128``: blocks x width) from its results file's provenance."""
+    for o in outcomes:
+        try:
+            run = json.loads(Path(o.path).read_text())["run"]
+            model = run["backbone_provenance"]["config"]["model"]
+            return f"{run['backbone']} {model['n_layer']}x{model['n_embd']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return outcomes[0].records[0]["backbone"]
+
+
+def _plots(records: list[dict], folder: Path) -> None:
+    from bench.plots import study_figures, write_figures
+    from bench.report import frame
+
+    write_figures(study_figures(frame(records)), folder)
