@@ -9,7 +9,7 @@ Extractors (the ``extractor`` option of ``sample-quality``):
 
 - ``classifier`` (default, offline): the dataset's reference classifier (``bench.classifier``),
   128-d pooled conv features; named by its fingerprint in the records.
-- ``pixels``: the raw pixel values, flattened. A sanity check, and what the closed-form test of the
+- ``pixels``: the raw pixel values scaled to [0, 1], flattened. A sanity check, and what the closed-form test of the
   Fréchet distance runs through.
 - ``inception:PATH``: torch-fidelity's InceptionV3 (the network FID is defined with), 2048-d, from a
   local weights file: a state dict in ``.pth`` (read with ``weights_only=True``) or ``.safetensors``.
@@ -98,7 +98,7 @@ def _register() -> None:
             super().__init__(name, features_list)
 
         def forward(self, x):
-            return (x.flatten(1).to(torch.float32),)
+            return (x.flatten(1).to(torch.float32) / 255.0,)
 
     register_feature_extractor(CLASSIFIER, ClassifierFeatures)
     register_feature_extractor(PIXELS, PixelFeatures)
@@ -141,6 +141,11 @@ def _clean_inception_weights(path: str, folder: str) -> str:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BenchError(f"Inception weights {path} are not a state dict of tensors; pass torch-fidelity's "
                          "InceptionV3 weights (pt_inception-2015-12-05)")
+    missing = [k for k in ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight")
+               if k not in state]
+    if missing:
+        raise BenchError(f"{path} holds no {missing[0]}: not InceptionV3 weights; pass torch-fidelity's "
+                         "InceptionV3 state dict (pt_inception-2015-12-05)")
     out = str(Path(folder) / "inception.pth")
     torch.save(state, out)
     return out
@@ -148,8 +153,9 @@ def _clean_inception_weights(path: str, folder: str) -> str:
 
 def sample_metrics(fake: np.ndarray, real: np.ndarray, extractor: Extractor, *, classifier_dir: str | None = None,
                    device: str = "cpu", seed: int = 0, batch_size: int = 256) -> dict:
-    """Fréchet distance, KID (mean and std over subsets), precision and recall (k = 3) of the
-    generated ``fake`` against the ``real`` images, both uint8 (N, H, W, C)."""
+    """Fréchet distance, KID (mean and std over 100 subsets of min(1000, N/2) images), precision
+    and recall (k = 3 neighbours) of the generated ``fake`` against the ``real`` images, both uint8
+    (N, H, W, C)."""
     import torch_fidelity
 
     _register()
@@ -158,7 +164,8 @@ def sample_metrics(fake: np.ndarray, real: np.ndarray, extractor: Extractor, *, 
         raise BenchError("sample metrics need at least 2 generated and 2 real images; raise -o n=")
     kwargs = dict(input1=_images(fake, extractor.kind == "inception"), input2=_images(real, extractor.kind == "inception"),
                   fid=True, kid=True, prc=True, cuda=str(device).startswith("cuda"), batch_size=batch_size,
-                  cache=False, verbose=False, save_cpu_ram=True, kid_subset_size=min(1000, n), rng_seed=seed)
+                  cache=False, verbose=False, save_cpu_ram=True, rng_seed=seed,
+                  kid_subset_size=min(1000, max(2, n // 2)))  # subsets smaller than n, so they differ
     with tempfile.TemporaryDirectory() as tmp:
         if extractor.kind == "classifier":
             kwargs.update(feature_extractor=CLASSIFIER, feature_extractor_weights_path=classifier_dir)

@@ -20,6 +20,19 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny iGPT pretrained on digits (200 rows) with three saves (steps 4, 8, 12)."""
+    from backbones.igpt.train import TrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    cfg = TrainConfig(backbone="igpt-tiny", dataset="digits", steps=12, batch_size=8, warmup=2, save_at=(4, 8),
+                      limit=200)
+    pretrain(cfg, out, quiet=True, log=lambda msg: None)
+    assert len(list((out / "checkpoints").glob("step-*"))) == 3
+    return out
+
+
 class Result:
     def __init__(self, code, out, err):
         self.code, self.out, self.err = code, out, err

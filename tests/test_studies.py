@@ -13,19 +13,6 @@ from tests.conftest import assert_user_error
 PROBE = ("-o", "l2_grid=1e-3,1e-1")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny iGPT pretrained on digits with three saves (steps 4, 8, 12)."""
-    from backbones.igpt.train import TrainConfig, pretrain
-
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    cfg = TrainConfig(backbone="igpt-tiny", dataset="digits", steps=12, batch_size=8, warmup=2, save_at=(4, 8),
-                      limit=200)
-    pretrain(cfg, out, quiet=True, log=lambda msg: None)
-    assert len(list((out / "checkpoints").glob("step-*"))) == 3
-    return out
-
-
 def _files(folder):
     return sorted(p.name for p in folder.glob("*.json"))
 
