@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from backbones.base import BackboneOptions, resolve
 from bench.errors import BenchError
 from bench.job import Job, Outcome, Settings
@@ -64,15 +66,33 @@ def check(task, pairs: list[tuple[str, str | None]]) -> None:
             raise BenchError(f"task {task.name!r} needs a generative backbone (e.g. igpt); {backbone!r} is not one")
         info = cls.weights_info(weights) if hasattr(cls, "weights_info") else {}
         infos.append((f"{backbone}{f' --weights {weights}' if weights else ''}", info))
-    for key, what in (("palette", "palettes"), ("dataset", "training datasets")):
-        seen = {}
-        for name, info in infos:
-            if info.get(key) is not None:
-                seen.setdefault(info[key], name)
-        if len(seen) > 1:
-            (a, first), (b, second) = list(seen.items())[:2]
-            raise BenchError(f"{task.name} mixes checkpoints of different {what}: {first} ({key} {a}) and {second} "
-                             f"({key} {b}); study them apart, or pretrain them with the same dataset and --colors")
+    with_palette = [(name, info["palette"]) for name, info in infos if info.get("palette") is not None]
+    for name, palette in with_palette[1:]:
+        first, reference = with_palette[0]
+        if not same_palette(reference, palette):
+            raise BenchError(f"{task.name} mixes checkpoints of different palettes: {first} ({_describe(reference)}) "
+                             f"and {name} ({_describe(palette)}); study them apart, or pretrain them with the same "
+                             "dataset and --colors")
+    datasets = {}
+    for name, info in infos:
+        if info.get("dataset") is not None:
+            datasets.setdefault(info["dataset"], name)
+    if len(datasets) > 1:
+        (a, first), (b, second) = list(datasets.items())[:2]
+        raise BenchError(f"{task.name} mixes checkpoints of different training datasets: {first} ({a}) and {second} "
+                         f"({b}); study each dataset's checkpoints apart")
+
+
+def same_palette(a, b) -> bool:
+    """One palette: as many colors of as many channels, the centers within half an 8-bit level
+    (k-means refits of one dataset differ in the last bits with the thread count)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.abs(a - b).max() <= 1 / 255)
+
+
+def _describe(palette) -> str:
+    palette = np.asarray(palette)
+    return f"{palette.shape[0]} colors, first {np.round(palette[0], 3).tolist()}"
 
 
 def run_study(study: StudyJob, outcomes: dict[int, Outcome], settings: Settings) -> Outcome:

@@ -7,7 +7,8 @@
 # The probes and sample metrics use --limit $LIMIT rows per split (the CPU route; pretraining uses
 # every training image). Each step's wall time goes to $RES/times.txt.
 #   scripts/fashion-mnist-correlation.sh
-#   LIMIT=300 STEPS=40 N=50 WIDE=/tmp/trial-run RES=/tmp/trial-corr MINI=/tmp/trial-mini scripts/fashion-mnist-correlation.sh
+#   LIMIT=300 PRETRAIN_LIMIT=300 STEPS=40 N=50 WIDE=/tmp/trial-run RES=/tmp/trial-corr MINI=/tmp/trial-mini \
+#       scripts/fashion-mnist-correlation.sh     # a quick trial (WIDE made with LIMIT=300 by the other script)
 set -euo pipefail
 RES=${RES:-results/fashion-mnist/correlation}
 WIDE=${WIDE:-runs/fm-wide-bf16}
@@ -15,6 +16,8 @@ MINI=${MINI:-runs/fm-mini-bf16}
 STEPS=${STEPS:-5000}
 LIMIT=${LIMIT:-5000}
 N=${N:-500}
+PRETRAIN_ARGS=()
+[ -n "${PRETRAIN_LIMIT:-}" ] && PRETRAIN_ARGS=(--limit "$PRETRAIN_LIMIT")
 BENCH=${BENCH:-bench}
 mkdir -p "$RES"
 : > "$RES/times.txt"
@@ -30,7 +33,7 @@ step() {  # step NAME COMMAND...: run it, append "NAME: seconds" to times.txt
 [ -d "$WIDE/checkpoints" ] || { echo "error: $WIDE has no checkpoints; run scripts/fashion-mnist-reference.sh first (or set WIDE)" >&2; exit 2; }
 step pretrain-mini $BENCH -q pretrain -b igpt-mini -d fashion-mnist --image-size 14 --steps "$STEPS" --batch-size 16 \
     --lr 2e-3 --warmup $((STEPS / 25)) --save-at "$(seq -s, $((STEPS / 8)) $((STEPS / 8)) $((STEPS - 1)))" \
-    --precision bf16 --out "$MINI"
+    --precision bf16 --out "$MINI" "${PRETRAIN_ARGS[@]}"
 step pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --limit "$LIMIT" --results "$RES/records"
 step study $BENCH -q run -t correlation -b igpt --weights "$WIDE/checkpoints/*" --weights "$MINI/checkpoints/*" \
     -d fashion-mnist --limit "$LIMIT" -o n="$N" --results "$RES/records"

@@ -126,3 +126,12 @@ def test_a_study_of_backbones_that_cannot_sample_is_refused(bench, tmp_path):
     r = bench("run", "-b", "resnet18", "-b", "resnet34", "-b", "pixels", *STUDY, "--results", tmp_path / "r")
     assert_user_error(r, "needs a generative backbone")
     assert not (tmp_path / "r").exists()
+
+
+def test_refits_of_one_palette_are_one_palette_and_others_are_not():
+    from bench.study import same_palette
+
+    centers = np.linspace(-1, 1, 16, dtype=np.float32)[:, None]
+    assert same_palette(centers, centers + 6e-4)  # k-means on another thread count: last bits differ
+    assert not same_palette(centers, centers + 0.01)
+    assert not same_palette(centers, centers[:8])

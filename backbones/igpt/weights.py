@@ -99,13 +99,11 @@ def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
 
 def weights_info(weights) -> dict:
     """What a study must not mix, read from the files without loading the weights: the palette
-    (sha256 of its centers) and, for our checkpoints, the dataset they were trained on."""
-    import hashlib
-
+    (its centers, an array) and, for our checkpoints, the dataset they were trained on."""
     from .checkpoint import is_checkpoint, latest_checkpoint
 
     if weights is None:
-        return {"palette": "uniform"}
+        return {}
     folder = Path(weights)
     if folder.is_dir() and not is_checkpoint(folder) and (folder / "checkpoints").is_dir():
         folder = latest_checkpoint(folder) or folder
@@ -120,7 +118,7 @@ def weights_info(weights) -> dict:
         palette_file = folder / "preprocessor_config.json"
     if palette_file.is_file():
         try:
-            info["palette"] = hashlib.sha256(Palette.load(palette_file).centers.tobytes()).hexdigest()[:12]
+            info["palette"] = Palette.load(palette_file).centers
         except BenchError:
             pass
     return info
