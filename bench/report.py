@@ -91,7 +91,7 @@ def tidy_view(df: pd.DataFrame) -> pd.DataFrame:
 
 def single_layer(layers: pd.Series) -> pd.Series:
     """True where a row is of one layer, not a concatenated group (``h2+h3``)."""
-    return ~layers.astype(str).map(is_group)
+    return ~layers.astype(str).map(is_group).astype(bool)
 
 
 def study_rows(df: pd.DataFrame) -> pd.Series:
@@ -181,6 +181,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     column beside it where the numbers are means over seeds, and ``best`` (the run's layer chosen
     by val top-1). Curve and study records are left out."""
     df = mark_best(df[~curve_rows(df) & ~study_rows(df)])
+    if df.empty:
+        return pd.DataFrame(columns=["dataset", "task", "run", "layer", "best"])
     df = df.assign(run_name=df.file.map(run_label(df, within=("dataset", "task"))),
                    column=df.split.astype(str) + " " + df.metric.astype(str), spread=spread(df))
     keys = ["dataset", "task", "run_name", "layer"] + (["shots"] if "shots" in df.columns and df.shots.notna().any()

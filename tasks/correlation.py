@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.errors import BenchError
+from bench.layers import is_group
 from tasks.base import Option, Task, choice, positive_int
 from tasks.sample_quality import _extractor, _n
 
@@ -62,7 +63,7 @@ class Correlation(Task):
             head = {"point": p["label"], "size": p["size"], "backbone": p["backbone"], "weights": p["weights"],
                     "step": p["step"]}
             probe = [r for r in p["records"] if r["task"] == "linear-probe" and r["metric"] == "top1"
-                     and "+" not in str(r["layer"])]
+                     and not is_group(str(r["layer"]))]
             order = list(dict.fromkeys(r["layer"] for r in sorted(probe, key=lambda r: r["layer_index"])))
             depth = {layer: i / max(1, len(order) - 1) for i, layer in enumerate(order)}
             value = {(r["layer"], r["split"]): float(r["value"]) for r in probe}

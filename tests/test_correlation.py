@@ -86,6 +86,8 @@ def test_correlation_end_to_end_on_a_tiny_run_then_nothing_is_recomputed(bench, 
     r = bench("report", res, "--format", "html", "--out", out, "--plot", tmp_path / "plots")
     assert r.code == 0, r
     assert "correlation-scatter" in out.read_text() and (tmp_path / "plots" / "checkpoint-depth.png").is_file()
+    r = bench("report", study, "--format", "html", "--out", tmp_path / "study.html")  # the study file alone
+    assert r.code == 0 and (tmp_path / "study.html").read_text().count("<table>") == 2, r
 
 
 def test_a_glob_matching_nothing_is_refused(bench, tmp_path):
