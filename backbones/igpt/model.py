@@ -137,11 +137,15 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:  # append this step's keys and values to the cache
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+        if cache is not None:  # write this step's keys and values into the cache, read all so far
+            start = cache.get("len", 0)
+            if "k" not in cache:  # one buffer for the whole sequence: no copy of the past per step
+                shape = (B, self.n_head, cache["capacity"], C // self.n_head)
+                cache["k"], cache["v"] = k.new_empty(shape), v.new_empty(shape)
+            cache["k"][:, :, start : start + T] = k
+            cache["v"][:, :, start : start + T] = v
+            cache["len"] = start + T
+            k, v = cache["k"][:, :, : start + T], cache["v"][:, :, : start + T]
         # With a cache, T new queries attend to all S >= T keys: causal with an offset.
         S = k.shape[2]
         if T == 1:
@@ -270,9 +274,11 @@ class ImageGPT(nn.Module):
         return self(with_sos(tokens, self.cfg.sos), tokens, reduction)
 
     def step(self, idx, caches: list[dict], start: int):
-        """Logits for new tokens ``idx`` at positions start…, reusing and extending ``caches``."""
+        """Logits for new tokens ``idx`` at positions start…, reusing and extending ``caches`` (one
+        dict per block, empty at first; each holds key/value buffers for all positions)."""
         x = self.embed(idx, start)
         for block, cache in zip(self.h, caches):
+            cache.setdefault("capacity", self.cfg.n_positions)
             x = block(x, cache)
         return self.head(self.ln_f(x))
 
