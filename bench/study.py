@@ -108,6 +108,10 @@ def run_study(study: StudyJob, outcomes: dict[int, Outcome], settings: Settings)
         points.append({"label": _label(first), "size": _size(got), "backbone": first["backbone"],
                        "weights": first.get("weights"), "step": first.get("step"), "records": records,
                        "run": [r["run"] for r in (o.records[0] for o in got)]})
+    labels = [p["label"] for p in points]
+    for p in points:  # labels name the points in tables and plots: never two alike
+        if labels.count(p["label"]) > 1:
+            p["label"] += f" [{p['run'][0][:6]}]"
     identity = {"study": study.task, "dataset": study.dataset, "task": study.task,
                 "options": json.loads(json.dumps(study.options, sort_keys=True, default=str)),
                 "members": [p["run"] for p in points], "seed": settings.seed, "tag": settings.tag}
@@ -128,16 +132,18 @@ def run_study(study: StudyJob, outcomes: dict[int, Outcome], settings: Settings)
                                                            for o in (outcomes[id(j)] for j in jobs)],
                 "versions": versions(), "git_commit": git_commit(), "time": now(),
                 "seconds": {"total": round(time.time() - t0, 3)}}
+    _plots([dict(r, file=str(out)) for r in records], out.with_suffix(""))  # the results file is written last
     path = write_results(out, run_info, records)
-    records = [dict(r, file=str(path)) for r in records]
-    _plots(records, out.with_suffix(""))
-    return Outcome(study, "ran", path, records, task)
+    return Outcome(study, "ran", path, [dict(r, file=str(path)) for r in records], task)
 
 
 def _label(record: dict) -> str:
-    step = record.get("step")
-    weights = record.get("weights")
-    name = record["backbone"]
+    """``<run folder>@step<N>`` for a checkpoint of a pretraining run (``fm-wide@step625``), else
+    ``<backbone>@<weights name>``."""
+    step, weights, name = record.get("step"), record.get("weights"), record["backbone"]
+    parts = Path(str(weights)).parts if weights else ()
+    if step is not None and len(parts) >= 3 and parts[-2] == "checkpoints":
+        return f"{parts[-3]}@step{step}"
     if step is not None:
         return f"{name}@step{step}"
     return f"{name}@{Path(str(weights)).name}" if weights else name

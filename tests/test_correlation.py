@@ -49,8 +49,8 @@ def test_correlation_end_to_end_on_a_tiny_run_then_nothing_is_recomputed(bench, 
     doc = json.loads(study.read_text())
     recs = doc["records"]
     points = {r["point"] for r in recs if r["kind"] == "best"}
-    assert points == {"igpt@step4", "igpt@step8", "igpt@step12"}
-    layers = [r for r in recs if r["kind"] == "layer" and r["point"] == "igpt@step12" and r["split"] == "test"]
+    assert points == {"tiny@step4", "tiny@step8", "tiny@step12"}  # <run folder>@step<N>
+    layers = [r for r in recs if r["kind"] == "layer" and r["point"] == "tiny@step12" and r["split"] == "test"]
     assert [r["layer"] for r in layers] == ["h0", "h1", "h2", "h3", "h4", "final"]
     assert [r["depth"] for r in layers] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     rho = [r for r in recs if r["kind"] == "stat" and r["quality"] == "bits_per_dim" and r["metric"] == "spearman"]
@@ -61,11 +61,11 @@ def test_correlation_end_to_end_on_a_tiny_run_then_nothing_is_recomputed(bench, 
     val = {r["layer"]: r["value"] for r in probe if r["split"] == "val" and r["metric"] == "top1"}
     test = {r["layer"]: r["value"] for r in probe if r["split"] == "test" and r["metric"] == "top1"}
     chosen = max(val, key=lambda layer: (val[layer], -list(val).index(layer)))
-    best = next(r for r in recs if r["kind"] == "best" and r["point"] == "igpt@step12" and r["split"] == "test")
+    best = next(r for r in recs if r["kind"] == "best" and r["point"] == "tiny@step12" and r["split"] == "test")
     assert best["layer"] == chosen and best["value"] == test[chosen]
     bpd = next(r for r in next(v for k, v in member.items() if "__sample-quality__" in k)
                if r["metric"] == "bits_per_dim")
-    assert next(r for r in recs if r.get("metric") == "bits_per_dim" and r["point"] == "igpt@step12")["value"] \
+    assert next(r for r in recs if r.get("metric") == "bits_per_dim" and r["point"] == "tiny@step12")["value"] \
         == bpd["value"]
 
     stamps = {p: p.stat().st_mtime_ns for p in res.rglob("*") if p.is_file()}
@@ -88,6 +88,16 @@ def test_correlation_end_to_end_on_a_tiny_run_then_nothing_is_recomputed(bench, 
     assert "correlation-scatter" in out.read_text() and (tmp_path / "plots" / "checkpoint-depth.png").is_file()
     r = bench("report", study, "--format", "html", "--out", tmp_path / "study.html")  # the study file alone
     assert r.code == 0 and (tmp_path / "study.html").read_text().count("<table>") == 2, r
+
+    # Two runs saved at the same steps: their points keep apart in the tables and the plots.
+    shutil.copytree(tiny_run, tmp_path / "again")
+    r = bench("run", "-b", "igpt", "--weights", f"{tiny_run}/checkpoints/*", "--weights",
+              f"{tmp_path}/again/checkpoints/*", *STUDY, "--results", res)
+    assert r.code == 0, r
+    (both,) = set(res.glob("study__*.json")) - {study}
+    labels = {r["point"] for r in json.loads(both.read_text())["records"] if r["kind"] == "best"}
+    assert labels == points | {"again@step4", "again@step8", "again@step12"}
+    assert len(list(both.with_suffix("").glob("*.png"))) == 2
 
 
 def test_a_glob_matching_nothing_is_refused(bench, tmp_path):
