@@ -149,6 +149,8 @@ def _sizes(rows: pd.DataFrame):
 def correlation_scatter(df: pd.DataFrame):
     """Per quality measure a panel: its value against best-layer test top-1, per model size."""
     study = _study(df)
+    if study.empty:
+        return None
     quality = study[study.kind == "quality"]
     best = study[(study.kind == "best") & (study.split == "test")].set_index(["file", "point"]).value
     if quality.empty or best.empty:
@@ -185,6 +187,8 @@ def correlation_scatter(df: pd.DataFrame):
 def checkpoint_depth(df: pd.DataFrame):
     """Test top-1 by relative depth for every checkpoint of a study on one axes."""
     study = _study(df)
+    if study.empty:
+        return None
     layers = study[(study.kind == "layer") & (study.split == "test")]
     if layers.empty:
         return None

@@ -42,10 +42,15 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 def _short_weights(weights):
-    """A weights path as its last two parts (``checkpoints/step-0000100``); labels as they are."""
+    """A weights path as its last two parts (``finetuned/model.safetensors``), or for a checkpoint
+    of a pretraining run as ``<run>/step-0000100``, so two runs' checkpoints stay apart; labels as
+    they are."""
     if not isinstance(weights, str) or "/" not in weights:
         return weights
-    return "/".join(Path(weights).parts[-2:])
+    parts = Path(weights).parts
+    if len(parts) >= 3 and parts[-2] == "checkpoints":
+        return f"{parts[-3]}/{parts[-1]}"
+    return "/".join(parts[-2:])
 
 
 def load(paths) -> pd.DataFrame:
