@@ -636,6 +636,48 @@ def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, n
     render(table, "table", title=f"cosine kNN · {n_train} x {dim} bank, {n_query} queries, {classes} classes · {device}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke test of every row (minutes on 2 cores).")
+@click.option("--only", "only", multiple=True, type=click.Choice(["extract", "flops", "probe", "sample"]),
+              help="Run only these groups of rows (repeatable).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the machine and every row to this JSON file.")
+@click.pass_context
+def perf(ctx, quick, only, json_out):
+    """Our fast paths against the references, in one process: each row's two times, their ratio,
+    the target, and a correctness check of the fast path against the reference.
+
+    transformers is optional (pip install -e '.[perf]'); without it its rows say so.
+
+    \b
+    Example:
+      bench perf --quick
+      bench perf --json perf.json
+    """
+    import json
+
+    from bench import perf as perf_rows
+    from bench.report import render
+
+    if json_out:
+        from bench.store import check_writable
+
+        check_writable(Path(json_out), "--json")
+    info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx))
+    click.echo(" · ".join(f"{k} {v}" for k, v in info.items() if v is not None))
+    render(perf_rows.table(rows), "table", title=f"bench perf{' --quick' if quick else ''} (ratio: reference time / "
+                                                  "ours, or our rate / the reference's)")
+    if json_out:
+        from bench.records import atomic_write_bytes
+
+        doc = {"machine": info, "quick": quick, "rows": perf_rows.as_dicts(rows)}
+        click.echo(f"wrote {atomic_write_bytes(json_out, (json.dumps(doc, indent=1) + chr(10)).encode())}")
+    failed = [r for r in rows if r.ok is False]
+    if failed:
+        raise BenchError(f"{len(failed)} correctness check(s) failed: " + "; ".join(f"{r.row} ({r.setting}): {r.check}"
+                                                                                    for r in failed))
+
+
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
 
 

@@ -1,0 +1,335 @@
+"""`bench perf`: our fast paths against the references a user would otherwise pick, measured in one
+process, each row with a correctness check of the fast path against the reference.
+
+Rows (a row that the machine or the installed packages cannot run says why and is skipped):
+
+- ``extract-all`` / ``extract-mid``: iGPT hidden states of every layer / of the middle layer only
+  (ours stops there) against transformers' ``ImageGPTModel(output_hidden_states=True)``, same
+  weights, fp32; check: the states agree.
+- ``flops``: achieved FLOP/s of an iGPT-S-shaped forward over the FLOP/s of one fp32 matmul of its
+  MLP's size; ``bf16``: the same forward under bf16 autocast against fp32; check: features agree.
+- ``probe``: the linear probe's whole default grid against ONE scikit-learn lbfgs fit at the
+  strength ours chose; check: our objective is no worse than sklearn's at that strength.
+- ``sample-cache`` / ``sample-hf``: KV-cached sampling against recomputing the prefix (the official
+  sampler) and against transformers ``generate(use_cache=True)``; check: the same tokens as the
+  recomputation; the same logits as transformers.
+
+``quick`` shrinks every size (a smoke test, minutes on 2 cores); the full mode runs the issue's
+sizes. Ratios are reference time / our time (> 1: we are faster).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Row:
+    row: str
+    setting: str
+    ours: float | None = None  # seconds, or the unit named
+    reference: float | None = None
+    unit: str = "s"
+    ratio: float | None = None  # reference / ours for times; ours / reference for rates
+    target: str = ""
+    met: bool | None = None
+    check: str = ""
+    ok: bool | None = None  # the correctness check passed (None: not applicable)
+    note: str = ""
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "python": platform.python_version(), "gpu": None}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:
+        out["transformers"] = None
+    return out
+
+
+def _median_time(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall seconds of ``repeat`` calls after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers
+
+
+def _pair(n_layer: int, n_embd: int, n_head: int, n_colors: int, n_positions: int, seed: int = 0, head=False):
+    """A random transformers ImageGPT (norms and biases perturbed so they matter) and our model with
+    the same weights."""
+    import torch
+
+    from backbones.igpt.model import IGPTConfig, ImageGPT, from_transformers_state_dict
+
+    transformers = _transformers()
+    torch.manual_seed(seed)
+    cfg = transformers.ImageGPTConfig(vocab_size=n_colors + 1, n_positions=n_positions, n_embd=n_embd,
+                                      n_layer=n_layer, n_head=n_head)
+    cls = transformers.ImageGPTForCausalImageModeling if head else transformers.ImageGPTModel
+    ref = cls(cfg).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ours = ImageGPT(IGPTConfig(n_colors=n_colors, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                               n_head=n_head)).eval()
+    sd = from_transformers_state_dict(ref.state_dict(), ours.cfg)
+    sd.setdefault("head.weight", ours.head.weight.detach().clone())
+    ours.load_state_dict(sd)
+    return ref, ours
+
+
+def extraction_rows(quick: bool) -> list[Row]:
+    """All layers and the middle layer, ours against transformers, fp32."""
+    import torch
+
+    # (layers, width, heads, tokens, colors, batch): head_dim 64 (a perfect square) so that every
+    # transformers version's default attention is right.
+    shapes = [(4, 128, 2, 196, 16, 4), (2, 256, 4, 256, 512, 4)] if quick else \
+        [(12, 256, 4, 784, 16, 8), (24, 512, 8, 1024, 512, 4)]
+    repeat = 2 if quick else 3
+    rows = []
+    if _transformers() is None:
+        return [Row("extract-all", "transformers not installed", note="pip install -e '.[perf]'")]
+    for n_layer, n_embd, n_head, tokens, colors, batch in shapes:
+        ref, ours = _pair(n_layer, n_embd, n_head, colors, tokens)
+        idx = torch.randint(0, colors + 1, (batch, tokens), generator=torch.Generator().manual_seed(0))
+        mid = f"h{n_layer // 2}"
+        setting = f"{n_layer}x{n_embd} @{tokens} tokens, batch {batch}"
+        with torch.inference_mode():
+            hf = ref(idx, output_hidden_states=True).hidden_states
+            mine = ours.forward_intermediates(idx)
+            err = max(float((mine[mid] - hf[n_layer // 2]).abs().max()), float((mine["final"] - hf[-1]).abs().max()))
+            t_ref = _median_time(lambda ref=ref, idx=idx: ref(idx, output_hidden_states=True), repeat)
+            t_all = _median_time(lambda ours=ours, idx=idx: ours.forward_intermediates(idx), repeat)
+            t_mid = _median_time(lambda ours=ours, idx=idx, mid=mid: ours.forward_intermediates(idx, [mid], stop_early=True),
+                                 repeat)
+        check = f"max |Δ| of {mid} and final states {err:.1e}"
+        rows.append(Row("extract-all", setting, t_all, t_ref, ratio=t_ref / t_all, target="geomean >= 3x",
+                        check=check, ok=err < 1e-3))
+        rows.append(Row("extract-mid", setting, t_mid, t_ref, ratio=t_ref / t_mid, target="geomean >= 6x",
+                        check=check, ok=err < 1e-3))
+    for name, goal in (("extract-all", 3.0), ("extract-mid", 6.0)):
+        mine = [r for r in rows if r.row == name]
+        geo = float(np.exp(np.mean([np.log(r.ratio) for r in mine])))
+        for r in mine:
+            r.note = f"geomean {geo:.2f}x"
+            r.met = geo >= goal
+    return rows
+
+
+def flops_rows(quick: bool) -> list[Row]:
+    """iGPT-S forward: achieved FLOP/s against one fp32 matmul's, and bf16 against fp32."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from backbones.base import _count_cpu_attention
+    from backbones.igpt.model import IGPTConfig, ImageGPT
+
+    _count_cpu_attention()
+    tokens, batch, repeat = (256, 2, 2) if quick else (1024, 4, 3)
+    torch.manual_seed(0)
+    model = ImageGPT(IGPTConfig(n_colors=512, n_positions=tokens, n_embd=512, n_layer=24, n_head=8)).eval()
+    idx = torch.randint(0, 513, (batch, tokens), generator=torch.Generator().manual_seed(0))
+    run = lambda: model.forward_intermediates(idx, ["final"])  # noqa: E731
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run()
+        flops = counter.get_total_flops()
+        t32 = _median_time(run, repeat)
+        a = torch.randn(batch * tokens, 512)
+        b = torch.randn(512, 2048)
+        t_mm = _median_time(lambda: a @ b, max(3, repeat))
+        mm_rate = 2 * a.shape[0] * 512 * 2048 / t_mm
+        rows = [Row("flops", f"igpt-s shape (24x512) @{tokens} tokens, batch {batch}, fp32", flops / t32 / 1e9,
+                    mm_rate / 1e9, unit="GFLOP/s", ratio=flops / t32 / mm_rate, target=">= 90% of the matmul's",
+                    met=flops / t32 / mm_rate >= 0.9, note=f"{flops / 1e9:.1f} GFLOP per forward")]
+        ref = run()["final"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t16 = _median_time(run, repeat)
+            low = run()["final"].float()
+        cos = float(torch.nn.functional.cosine_similarity(low.flatten(1), ref.flatten(1)).min())
+    bf16_cpu = _bf16_hardware()
+    rows.append(Row("bf16", f"same forward, bf16 autocast vs fp32 ({bf16_cpu or 'no bf16 hardware'})", t16, t32,
+                    ratio=t32 / t16, target=">= 1.6x where the CPU has AVX512-BF16 or AMX",
+                    met=(t32 / t16 >= 1.6) if bf16_cpu else None, check=f"min cosine of final states {cos:.4f}",
+                    ok=cos > 0.99))
+    return rows
+
+
+def _bf16_hardware() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    found = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
+    return " + ".join(found) or None
+
+
+def probe_rows(quick: bool, data_root=None) -> list[Row]:
+    """Our whole default grid against ONE sklearn lbfgs fit at the strength we chose."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from bench.datasets import load_split
+    from bench.errors import BenchError
+    from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, probe_layer, standardize
+
+    dataset = "digits" if quick else "fashion-mnist"
+    try:
+        data = {s: load_split(dataset, s, data_root, None, 0) for s in ("train", "val", "test")}
+    except BenchError as e:
+        return [Row("probe", f"pixels on {dataset}", note=f"skipped: {e}")]
+    X = {s: d.images.reshape(len(d), -1).astype(np.float32) for s, d in data.items()}
+    y = {s: d.labels for s, d in data.items()}
+    classes = int(max(v.max() for v in y.values())) + 1
+    t = time.perf_counter()
+    fit = probe_layer(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"], DEFAULT_GRID, classes,
+                      patience=0)
+    t_ours = time.perf_counter() - t
+    Xall, yall = np.concatenate([X["train"], X["val"]]), np.concatenate([y["train"], y["val"]])
+    Xall_s, Xte_s = standardize(Xall, X["test"])
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = LogisticRegression(C=1.0 / (fit.l2 * len(yall)), solver="lbfgs", max_iter=1000).fit(Xall_s, yall)
+    t_ref = time.perf_counter() - t
+    ours = LogisticRegressionLBFGS(classes).fit(Xall_s, yall, fit.l2)
+
+    def objective(W, b):
+        z = Xall_s.astype(np.float64) @ W + b
+        z -= z.max(1, keepdims=True)
+        nll = np.log(np.exp(z).sum(1)) - z[np.arange(len(yall)), yall]
+        return float(nll.mean() + fit.l2 / 2 * (W ** 2).sum())
+
+    f_ours = objective(ours.W.double().numpy(), ours.b.double().numpy())
+    f_ref = objective(ref.coef_.T, ref.intercept_)
+    ref_top1 = 100.0 * float((ref.predict(Xte_s) == y["test"]).mean())
+    ok = f_ours <= f_ref + 1e-4 * abs(f_ref) + 1e-5
+    return [Row("probe", f"pixels on {dataset}: our {len(DEFAULT_GRID)}-strength grid vs one sklearn fit at "
+                f"L2 {fit.l2:g}", t_ours, t_ref, ratio=t_ref / t_ours, target=">= 5x", met=t_ref / t_ours >= 5,
+                check=f"objective ours {f_ours:.6f} vs sklearn {f_ref:.6f}; test top-1 {fit.test:.2f} vs "
+                f"{ref_top1:.2f}", ok=ok)]
+
+
+def sampling_rows(quick: bool) -> list[Row]:
+    """KV cache against recomputation (same tokens) and against transformers generate."""
+    import torch
+
+    from backbones.igpt.sample import generate
+
+    # (layers, width, heads, tokens, colors, images)
+    shapes = [(4, 128, 2, 196, 16, 4)] if quick else [(4, 128, 2, 196, 16, 16), (8, 256, 4, 784, 16, 16),
+                                                      (8, 256, 4, 1024, 512, 8)]
+    rows = []
+    transformers = _transformers()
+    for n_layer, n_embd, n_head, tokens, colors, n in shapes:
+        setting = f"{n} images, {n_layer}x{n_embd} @{tokens} tokens"
+        if transformers is not None:
+            ref, model = _pair(n_layer, n_embd, n_head, colors, tokens, head=True)
+        else:
+            from backbones.igpt.model import IGPTConfig, ImageGPT
+
+            torch.manual_seed(0)
+            model = ImageGPT(IGPTConfig(n_colors=colors, n_positions=tokens, n_embd=n_embd, n_layer=n_layer,
+                                        n_head=n_head)).eval()
+        prefix = torch.zeros((n, 0), dtype=torch.long)
+        t = time.perf_counter()
+        fast = generate(model, prefix, tokens, seed=0, use_cache=True)
+        t_fast = time.perf_counter() - t
+        if quick or tokens <= 256:  # recomputation is quadratic: the long rows would take many minutes
+            t = time.perf_counter()
+            slow = generate(model, prefix, tokens, seed=0, use_cache=False)
+            t_slow = time.perf_counter() - t
+            same = bool(torch.equal(fast, slow))
+            rows.append(Row("sample-cache", setting, t_fast, t_slow, ratio=t_slow / t_fast, target=">= 10x",
+                            met=t_slow / t_fast >= 10, check="same tokens as recomputing" if same else
+                            "tokens differ from recomputing", ok=same))
+        if transformers is None:
+            rows.append(Row("sample-hf", setting, t_fast, note="transformers not installed: pip install -e '.[perf]'"))
+            continue
+        sos = torch.full((n, 1), colors, dtype=torch.long)
+        with torch.inference_mode():
+            t = time.perf_counter()
+            ref.generate(input_ids=sos, max_length=tokens + 1, do_sample=True, top_k=0, use_cache=True,
+                         pad_token_id=colors)
+            t_hf = time.perf_counter() - t
+            seq = torch.cat([sos, fast[:, :-1]], dim=1)
+            err = float((model(seq) - ref(seq).logits[..., :colors]).abs().max())
+        rows.append(Row("sample-hf", setting, t_fast, t_hf, ratio=t_hf / t_fast, target=">= 1.5x at every length",
+                        met=t_hf / t_fast >= 1.5, check=f"max |Δ logits| vs transformers {err:.1e}", ok=err < 1e-3))
+    return rows
+
+
+ROWS = {"extract": extraction_rows, "flops": flops_rows, "probe": probe_rows, "sample": sampling_rows}
+
+
+def run(quick: bool = False, only=None, log=lambda msg: None) -> tuple[dict, list[Row]]:
+    """The machine and every row of the chosen groups (all by default)."""
+    rows = []
+    for name, fn in ROWS.items():
+        if only and name not in only:
+            continue
+        log(f"perf: {name}")
+        rows += fn(quick)
+    if quick:  # the targets are for the full sizes: a quick run only shows the ratios
+        for r in rows:
+            r.met = None
+    return machine(), rows
+
+
+def as_dicts(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def table(rows: list[Row]):
+    """Rows for people: each figure with its unit, the ratio as ``2.54x``, met and the check as
+    ✓/✗ (— where there is none), the note after the target."""
+    import pandas as pd
+
+    def figure(value, unit):
+        return "—" if value is None else f"{value:.3g} {unit}"
+
+    def mark(flag):
+        return "—" if flag is None else ("✓" if flag else "✗")
+
+    return pd.DataFrame([{"row": r.row, "setting": r.setting, "ours": figure(r.ours, r.unit),
+                          "reference": figure(r.reference, r.unit),
+                          "ratio": "—" if r.ratio is None else f"{r.ratio:.2f}x",
+                          "target": " · ".join(t for t in (r.target, r.note) if t), "met": mark(r.met),
+                          "check": f"{mark(r.ok)} {r.check}".strip()} for r in rows])

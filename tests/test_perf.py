@@ -1,0 +1,28 @@
+"""`bench perf --quick`: a smoke test of every row. No timing is asserted (the ratios are printed);
+every correctness check of a fast path against its reference must pass."""
+
+import json
+
+import pytest
+
+
+def test_perf_quick_runs_every_row_and_its_checks_pass(bench, tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "perf.json"
+    r = bench("perf", "--quick", "--json", out)
+    assert r.code == 0, r
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True and doc["machine"]["cores"] >= 1 and doc["machine"]["transformers"]
+    rows = {row["row"] for row in doc["rows"]}
+    assert rows == {"extract-all", "extract-mid", "flops", "bf16", "probe", "sample-cache", "sample-hf"}
+    for row in doc["rows"]:
+        assert row["ratio"] is not None and row["ratio"] > 0, row
+        assert row["ok"] in (True, None), row
+        assert row["met"] is None  # targets are judged on the full sizes only
+    assert sum(row["ok"] is True for row in doc["rows"]) >= 6  # the checks ran
+    assert "ratio" in r.out and "sample-hf" in r.out
+
+
+def test_perf_refuses_an_unknown_group(bench):
+    r = bench("perf", "--only", "everything")
+    assert r.code == 2 and "Invalid value for '--only'" in r.err and "Traceback" not in r.err
