@@ -29,13 +29,14 @@ def _device(device: str) -> str:
 def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, image_size: int | None = None,
         seed: int = 0, layers="all", options=None, limit: int | None = None, data_root: str | None = None,
         tag: str | None = None, results: str | Path = "bench-results", cache: str | Path | None = None,
-        batch_size: int = 256, device: str = "auto", rerun: bool = False, quiet: bool = True,
-        log=None) -> pd.DataFrame:
+        batch_size: int = 256, device: str = "auto", precision: str = "fp32", rerun: bool = False,
+        quiet: bool = True, log=None) -> pd.DataFrame:
     """Run ``task`` on ``backbone`` × ``dataset``; any of backbone, weights, task and dataset may be
     a list (a sweep over their product; a weights glob expands to every match in step order).
     Finished runs with the same identity in ``results`` are reused unless ``rerun``.
 
     ``options``: {key: value} or ["key=value", ...], shared out to the tasks that declare each key.
+    ``precision``: of the extraction forward, fp32 (default), bf16 or auto (bf16 on a GPU).
     Returns the records of every job as one DataFrame; raises BenchError naming the failed jobs
     (after running all the others) when any failed.
     """
@@ -44,8 +45,8 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
     from bench.report import frame
 
     settings = Settings(layers=layers, data_root=data_root, limit=limit, seed=seed, tag=tag,
-                        batch_size=batch_size, device=_device(device), results_dir=results, cache_dir=cache,
-                        rerun=rerun, quiet=quiet, log=log)
+                        batch_size=batch_size, device=_device(device), precision=precision, results_dir=results,
+                        cache_dir=cache, rerun=rerun, quiet=quiet, log=log)
     plan = sweep.plan(backbones=backbone, datasets=dataset, tasks=task, weights=_weights_list(weights),
                       pretrained=pretrained, image_size=image_size, task_options=options or (), settings=settings)
     outcomes, failures = sweep.execute(plan)
@@ -64,7 +65,7 @@ def _weights_list(weights) -> list[str]:
 def extract(backbone: str, dataset: str, split: str, *, layers="all", weights=None, pretrained: bool = False,
             image_size: int | None = None, seed: int = 0, limit: int | None = None, data_root: str | None = None,
             out: str | Path | None = None, cache: str | Path | None = None, batch_size: int = 256,
-            device: str = "auto", quiet: bool = True, log=None):
+            device: str = "auto", precision: str = "fp32", quiet: bool = True, log=None):
     """Export pooled layer activations of one split to HDF5 (reusing or resuming the cache);
     returns the opened ``bench.store.ActivationFile`` (``.path``, ``.labels``, ``.read(layer)``).
     ``.how`` says whether it was extracted, resumed or reused."""
@@ -77,7 +78,8 @@ def extract(backbone: str, dataset: str, split: str, *, layers="all", weights=No
                               image_size=image_size, seed=seed)
     model = create_backbone(backbone, DataSpec.of(data.images), options)
     acts, how = extract_split(model, data, model.check_layers(layers), limit=limit, seed=seed, out=out,
-                              cache_dir=cache, batch_size=batch_size, device=_device(device), quiet=quiet,
+                              cache_dir=cache, batch_size=batch_size, device=_device(device), precision=precision,
+                              quiet=quiet,
                               log=log or (lambda msg: None))
     acts.how = how
     return acts

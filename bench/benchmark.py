@@ -65,7 +65,8 @@ def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: 
     import torch
 
     from backbones.igpt.model import IGPTConfig, ImageGPT, shape_config
-    from backbones.igpt.train import autocast_for, train_step
+    from backbones.igpt.train import train_step
+    from bench.runtime import autocast_for
 
     cfg = IGPTConfig(n_colors=n_colors, n_positions=size * size, **shape_config(shape))
     x = torch.randint(0, n_colors, (batch, size * size), generator=torch.Generator().manual_seed(seed)).to(device)

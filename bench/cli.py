@@ -63,6 +63,13 @@ def data_options(f):
     return wrapper
 
 
+def precision_option(f):
+    return click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
+                        help="Extraction forward: fp32, or bf16 autocast (pays on GPUs and on CPUs with AVX512-BF16 "
+                             "or AMX; features are stored as float32 and kept apart from fp32 ones); auto: bf16 on a "
+                             "GPU.")(f)
+
+
 def runtime_options(f):
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -231,8 +238,10 @@ def datasets_list():
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Activation file to write (default: the cache, keyed by fingerprint).")
 @runtime_options
+@precision_option
 @click.pass_context
-def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, layers, out, batch_size, device):
+def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, layers, out, batch_size, device,
+            precision):
     """Export pooled layer activations of a backbone on one split to HDF5.
 
     Reuses a finished file with the same inputs, resumes an interrupted one, and refuses a file
@@ -246,7 +255,7 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 
     acts = api.extract(backbone, dataset, split, layers=layers, weights=backbone_options.weights,
                        pretrained=backbone_options.pretrained, image_size=backbone_options.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
-                       batch_size=batch_size, device=device, quiet=_quiet(ctx), log=_log(ctx))
+                       batch_size=batch_size, device=device, precision=precision, quiet=_quiet(ctx), log=_log(ctx))
     click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
 
 
@@ -268,9 +277,10 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the results JSON files.")
 @click.option("--rerun", is_flag=True, help="Run again even where --results holds a finished run with the same identity.")
 @runtime_options
+@precision_option
 @click.pass_context
 def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, dataset_names, data_root, limit, layers,
-        task_options, tag, results_dir, rerun, batch_size, device):
+        task_options, tag, results_dir, rerun, batch_size, device, precision):
     """Run tasks on backbones × weights × datasets; print a table per run, write one results file each.
 
     A run whose results file already exists with the same identity (fingerprint with weights,
@@ -288,7 +298,8 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
     from bench.report import frame, render, run_table, study_tables
 
     settings = Settings(layers=layers, data_root=data_root, limit=limit, seed=seed, tag=tag, batch_size=batch_size,
-                        device=device, results_dir=results_dir, rerun=rerun, quiet=_quiet(ctx), log=_log(ctx))
+                        device=device, precision=precision, results_dir=results_dir, rerun=rerun, quiet=_quiet(ctx),
+                        log=_log(ctx))
     plan = sweep.plan(backbones=backbone_names, datasets=dataset_names, tasks=task_names, weights=weights,
                       pretrained=pretrained, image_size=image_size, task_options=task_options, settings=settings)
 

@@ -13,7 +13,11 @@ from bench.runtime import progress_bar
 from bench.store import ActivationFile, cache_path, check_writable, find_superset, write_activations
 
 
-def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int) -> dict:
+def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int,
+                precision: str = "fp32") -> dict:
+    """What makes an activation file: ``precision`` appears only where it is not fp32 (bf16
+    autocast features are other numbers; fp32 files keep the identity they always had)."""
+    extra = {"precision": precision} if precision != "fp32" else {}
     return {
         "backbone": backbone.name,
         "fingerprint": backbone.fingerprint,
@@ -23,6 +27,7 @@ def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: i
         "seed": seed if limit is not None else None,
         "layers": list(layers),
         "data_digest": data.digest,
+        **extra,
     }
 
 
@@ -37,12 +42,17 @@ def extract(
     cache_dir: str | Path | None = None,
     batch_size: int = 256,
     device: str = "cpu",
+    precision: str = "fp32",
     quiet: bool = False,
     log=lambda msg: None,
 ) -> tuple[ActivationFile, str]:
-    """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default)."""
+    """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default).
+    ``precision``: fp32, or bf16 (autocast around the forward; stored as float32)."""
+    from bench.runtime import autocast_for, resolve_precision
+
+    precision = resolve_precision(precision, device)
     layers = backbone.check_layers(layers)
-    ident = identity_of(backbone, data, layers, limit, seed)
+    ident = identity_of(backbone, data, layers, limit, seed, precision)
     if not out:
         reusable = find_superset(ident, cache_dir)
         if reusable is not None:
@@ -57,6 +67,7 @@ def extract(
         "layers": {layer: widths[layer] for layer in layers},
         "batch_size": batch_size,
         "device": device,
+        "precision": precision,
         "versions": versions(),
         "git_commit": git_commit(),
         "created": now(),
@@ -70,7 +81,7 @@ def extract(
         for begin in range(start, n, batch_size):
             end = min(begin + batch_size, n)
             # The extraction step owns inference mode: backbones' features() stay differentiable.
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast_for(precision, device):
                 feats = backbone.features(backbone.preprocess(data.images[begin:end]), layers)
             yield begin, end, {layer: np.asarray(feats[layer].cpu().float().numpy(), dtype=np.float32)
                                for layer in layers}

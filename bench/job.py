@@ -51,6 +51,7 @@ class Settings:
     tag: str | None = None
     batch_size: int = 256
     device: str = "cpu"
+    precision: str = "fp32"  # of the extraction forward: fp32, bf16 or auto (bf16 on a GPU)
     results_dir: str | Path = "bench-results"
     cache_dir: str | Path | None = None
     rerun: bool = False
@@ -84,10 +85,14 @@ def run_job(job: Job, settings: Settings) -> Outcome:
         raise BenchError(f"task {job.task!r} needs a generative backbone (e.g. igpt); {job.backbone!r} is not one")
     layers = selection.parse(settings.layers, list(backbone.layers), backbone.name)
     task.check(options, data)
+    from bench.runtime import resolve_precision
+
+    precision = resolve_precision(settings.precision, settings.device) if task.reads == "activations" else "fp32"
     identity = result_identity(
         fingerprint=backbone.fingerprint, dataset=job.dataset,
         data_digests={s: d.digest for s, d in data.items()},
-        task=job.task, options=options, layers=layers, seed=settings.seed, limit=settings.limit, tag=settings.tag)
+        task=job.task, options=options, layers=layers, seed=settings.seed, limit=settings.limit, tag=settings.tag,
+        precision=precision)
     out = results_path(settings.results_dir, backbone.name, weights_label(backbone), identity)
     if not settings.rerun:
         done = finished_run(out, identity)
@@ -108,7 +113,7 @@ def run_job(job: Job, settings: Settings) -> Outcome:
             ctx.acts[split], cache[split] = extract(
                 backbone, data[split], needed, limit=settings.limit, seed=settings.seed,
                 cache_dir=settings.cache_dir, batch_size=settings.batch_size, device=settings.device,
-                quiet=settings.quiet, log=log)
+                precision=precision, quiet=settings.quiet, log=log)
             log(f"{split}: {cache[split]} {ctx.acts[split].path}")
     t_inputs = time.time() - t0
     raw = task.run(ctx)
@@ -126,7 +131,8 @@ def _stamp(job: Job, settings: Settings, backbone: Backbone, identity: dict, lay
            data: dict[str, SplitData], acts: dict, cache: dict, raw: list[dict]) -> tuple[list[dict], dict]:
     """Records with the provenance stamped on, and the results file's ``run`` header."""
     config = {"backbone_options": job.options.to_dict(), "task_options": options, "layers": layers,
-              "batch_size": settings.batch_size, "device": settings.device, "data_root": settings.data_root}
+              "batch_size": settings.batch_size, "device": settings.device, "data_root": settings.data_root,
+              "precision": identity.get("precision", "fp32")}
     stamp = {
         "backbone": backbone.name, "fingerprint": backbone.fingerprint, "weights": backbone.weights,
         "step": backbone.step, "tag": settings.tag, "run": run_id(identity), "dataset": job.dataset,

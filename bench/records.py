@@ -31,10 +31,13 @@ def check_tag(tag: str | None) -> str | None:
 
 
 def result_identity(*, fingerprint: str, dataset: str, data_digests: dict, task: str, options: dict,
-                    layers: list[str], seed: int, limit: int | None, tag: str | None) -> dict:
+                    layers: list[str], seed: int, limit: int | None, tag: str | None,
+                    precision: str = "fp32") -> dict:
     """Everything that changes a result's numbers (the backbone fingerprint holds the weights
-    digest; ``data_digests`` the carve-outs and limit of each split), plus the user's tag."""
-    return {"fingerprint": fingerprint, "dataset": dataset, "data": dict(sorted(data_digests.items())),
+    digest; ``data_digests`` the carve-outs and limit of each split), plus the user's tag. The
+    extraction ``precision`` appears only where it is not fp32, so fp32 results keep their ids."""
+    extra = {"precision": precision} if precision != "fp32" else {}
+    return {**extra, "fingerprint": fingerprint, "dataset": dataset, "data": dict(sorted(data_digests.items())),
             "task": task, "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
             "layers": list(layers), "seed": seed, "limit": limit, "tag": tag}
 

@@ -21,6 +21,26 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def autocast_for(precision: str, device: str):
+    """The autocast context of a forward pass: bf16 for ``bf16``, and for ``auto`` on a GPU; none
+    otherwise (fp32). Weights stay fp32 either way."""
+    import torch
+
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` as what it means on ``device`` (bf16 on a GPU, fp32 on a CPU); others as given."""
+    if precision == "auto":
+        return "bf16" if str(device).startswith("cuda") else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise BenchError(f"precision {precision!r} is not one of auto, fp32, bf16")
+    return precision
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory (blocks up to 1 GiB, and the heap top) for reuse.
 

@@ -52,7 +52,8 @@ def cache_path(identity: dict, cache_dir: Path | None = None) -> Path:
     safe = identity["backbone"].replace("/", "--")
     limit = "all" if identity["limit"] is None else f"n{identity['limit']}-s{identity['seed']}"
     layers = hashlib.sha256(",".join(identity["layers"]).encode()).hexdigest()[:8]
-    name = f"{identity['dataset']}-{identity['split']}-{limit}-L{layers}-D{identity['data_digest'][:8]}.h5"
+    precision = f"-{identity['precision']}" if identity.get("precision", "fp32") != "fp32" else ""
+    name = f"{identity['dataset']}-{identity['split']}-{limit}-L{layers}-D{identity['data_digest'][:8]}{precision}.h5"
     return base / safe / identity["fingerprint"][:16] / name
 
 

@@ -279,7 +279,7 @@ class Finetuning:
         import torch
         import torch.distributed as dist
 
-        from backbones.igpt.train import autocast_for
+        from bench.runtime import autocast_for
 
         ctx, plan = self.ctx, self.plan
         folder = ctx.artifacts  # created only once the settings are known to fit

@@ -12,7 +12,6 @@ DistributedDataParallel: each rank takes an equal share of every global batch, r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
+from bench.runtime import autocast_for
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
 from .model import IGPTConfig, ImageGPT, shape_config, with_sos
@@ -50,16 +50,6 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def autocast_for(precision: str, device: str):
-    """bf16 autocast for the training forward (weights, gradients and optimizer stay fp32)."""
-    import torch
-
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
-        return torch.autocast(kind, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_step(net, opt, tokens, autocast, grad_clip: float):
