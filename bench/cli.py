@@ -335,10 +335,13 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
 @click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv", "html"]), default="table", show_default=True,
               help="Output format; html: one self-contained page with summary tables and the plots embedded.")
 @click.option("--best", is_flag=True, help="Mark each run's layer with the best val top-1 (a '*'; a 'best' column in CSV).")
+@click.option("--summary", "wide", is_flag=True,
+              help="Per dataset and task one row per run and layer, a column per split and metric (± over seeds, "
+                   "the best layer marked), as in the HTML page; instead of the tidy table.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the report to this file (default: print it).")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="Also write PNG plots into this folder: accuracy by layer depth, low-data curves, fine-tune curves.")
-def report(paths, fmt_name, best, out, plot_dir):
+def report(paths, fmt_name, best, wide, out, plot_dir):
     """Render results files (or folders of them) as one tidy table, grouped by run.
 
     Columns for weights, step, tag and limit appear where some run has them; a run id where the
@@ -350,7 +353,7 @@ def report(paths, fmt_name, best, out, plot_dir):
       bench report bench-results/ --format html --out report.html --plot plots/
     """
     from bench import api
-    from bench.report import render_all
+    from bench.report import render_all, render_summary
 
     if out:
         from bench.store import check_writable
@@ -368,7 +371,7 @@ def report(paths, fmt_name, best, out, plot_dir):
 
         text = page(df)
     else:
-        text = render_all(df, fmt_name)
+        text = render_summary(df, fmt_name) if wide else render_all(df, fmt_name)
     if plot_dir:
         from bench.plots import write_all
 

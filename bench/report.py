@@ -163,6 +163,25 @@ def render_all(df: pd.DataFrame, fmt_name: str = "table") -> str | None:
     return "\n\n".join(t.rstrip("\n") for t in texts) + "\n" if texts else None
 
 
+def render_summary(df: pd.DataFrame, fmt_name: str = "table") -> str | None:
+    """Per dataset and task the ``summary`` table (run × layer, a column per split and metric, ±
+    over seeds, the best layer marked), then each study's tables: printed or as text."""
+    parts = []
+    table = summary(df)
+    for (dataset, task), group in table.groupby(["dataset", "task"], sort=False):
+        group = group.drop(columns=["dataset", "task"])
+        group = group.drop(columns=[c for c in group.columns if group[c].isna().all()
+                                    or (group[c].astype(str) == "").all()])
+        parts.append((f"{task} · {dataset}", group))
+    parts += study_tables(df)
+    texts = []
+    for title, t in parts:
+        text = render(t, fmt_name, title=title)
+        if text is not None:
+            texts.append(f"{title}\n{text}" if fmt_name == "csv" else f"### {title}\n\n{text}")
+    return "\n\n".join(x.rstrip("\n") for x in texts) + "\n" if texts else None
+
+
 def curve_rows(df: pd.DataFrame) -> pd.Series:
     """Per-epoch records of training curves (``curve: true``): plotted, not tabulated."""
     if "curve" not in df.columns:
@@ -257,7 +276,8 @@ def run_label(df: pd.DataFrame, within: tuple[str, ...] = ()) -> pd.Series:
     def name(r):
         label = str(r.backbone)
         if pd.notna(r.step):
-            label += f"@step{int(r.step)}"
+            run = str(r.weights).split("/")[0] if isinstance(r.weights, str) and "/" in r.weights else None
+            label += (f" {run}" if run else "") + f"@step{int(r.step)}"  # the pretraining run's folder, when known
         elif isinstance(r.weights, str) and r.weights:
             label += f"@{Path(r.weights).name.split('.')[0]}"
         if isinstance(r.tag, str) and r.tag:

@@ -38,7 +38,7 @@ step pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --limit "$L
 step study $BENCH -q run -t correlation -b igpt --weights "$WIDE/checkpoints/*" --weights "$MINI/checkpoints/*" \
     -d fashion-mnist --limit "$LIMIT" -o n="$N" --results "$RES/records"
 step report $BENCH report "$RES/records" --format html --out "$RES/report.html" --plot "$RES/plots"
-$BENCH report "$RES/records" --format md --best > "$RES/results.md"
+$BENCH report "$RES/records" --summary --format md > "$RES/results.md"
 for run in "$WIDE" "$MINI"; do
     cp "$run/log.jsonl" "$RES/$(basename "$run")-pretrain-log.jsonl"
     cp "$run/run.json" "$RES/$(basename "$run")-pretrain-settings.json"
