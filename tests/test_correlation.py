@@ -82,6 +82,9 @@ def test_correlation_end_to_end_on_a_tiny_run_then_nothing_is_recomputed(bench, 
 
     r = bench("report", res, "--format", "md")
     assert r.code == 0 and "### correlation · digits · 3 checkpoints" in r.out and "| linear-probe |" in r.out, r
+    r = bench("report", res, "--summary", "--format", "md")  # run x layer tables, then the study's
+    assert r.code == 0 and "### linear-probe · digits" in r.out and "### sample-quality · digits" in r.out, r
+    assert "| igpt tiny@step12 | h0 |" in r.out and "### correlation · digits · 3 checkpoints" in r.out, r
     out = tmp_path / "report.html"
     r = bench("report", res, "--format", "html", "--out", out, "--plot", tmp_path / "plots")
     assert r.code == 0, r
