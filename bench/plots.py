@@ -64,9 +64,14 @@ def probe_depth(df: pd.DataFrame):
             i = list(run.layer).index(chosen)
             ax.plot(depth[i], float(run.value.iloc[i]), marker="*", markersize=14, color=line.get_color(),
                     markeredgecolor="black", linestyle="none")
+    return _finish_depth_axes(fig, ax, "Linear probe accuracy by layer (★ = layer chosen on val)")
+
+
+def _finish_depth_axes(fig, ax, title: str):
+    """Labels, grid and legend of an accuracy-by-relative-depth plot."""
     ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
     ax.set_ylabel("linear probe test top-1 (%)")
-    ax.set_title("Linear probe accuracy by layer (★ = layer chosen on val)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -210,13 +215,7 @@ def checkpoint_depth(df: pd.DataFrame):
             if len(pick):
                 ax.plot(float(pick.depth.iloc[0]), float(pick.value.iloc[0]), marker="*", markersize=11,
                         color=line.get_color(), markeredgecolor="black", linestyle="none")
-    ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
-    ax.set_ylabel("linear probe test top-1 (%)")
-    ax.set_title("Accuracy by depth for every checkpoint (darker = later; ★ = chosen on val)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _finish_depth_axes(fig, ax, "Accuracy by depth for every checkpoint (darker = later; ★ = chosen on val)")
 
 
 PLOTS = {"probe-depth": probe_depth, "low-data": low_data, "finetune-curves": learning_curves}

@@ -151,6 +151,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    import math
+
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive number")
+    return value
+
+
 def nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:

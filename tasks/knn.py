@@ -21,12 +21,10 @@ scikit-learn's brute-force ``KNeighborsClassifier`` on the same features.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, positive_int, show_list
+from tasks.base import Option, RunContext, Task, choice, positive_float, positive_int, show_list
 from tasks.linear_probe import top1
 
 DEFAULT_KS = (10, 20, 50, 100, 200)
@@ -39,13 +37,6 @@ def _ks(text: str) -> list[int]:
     if not values or values[0] < 1:
         raise ValueError("need positive integers separated by commas")
     return values
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError("must be a positive number")
-    return value
 
 
 def unit_rows(X, device: str = "cpu"):
@@ -123,7 +114,7 @@ class KNN(Task):
     options = {
         "k": Option(list(DEFAULT_KS), _ks, "comma-separated neighbour counts to choose from on val, e.g. 10,20,50",
                     show=show_list),
-        "temperature": Option(0.07, _positive_float, "vote weight exp(similarity / temperature), a positive number"),
+        "temperature": Option(0.07, positive_float, "vote weight exp(similarity / temperature), a positive number"),
         "bank": Option("train+val", choice("train+val", "train"),
                        "the neighbours test is scored against once k is chosen: train+val or train"),
         "block_size": Option(BLOCK_SIZE, positive_int,

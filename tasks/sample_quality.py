@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, positive_int
+from tasks.base import Option, RunContext, Task, choice, positive_float, positive_int
 
 GRID = 64  # samples shown in samples.png
 
@@ -24,13 +24,6 @@ def _n(text: str) -> int:
     value = int(text)
     if value < 2:
         raise ValueError("must be an integer >= 2 (a covariance needs two images)")
-    return value
-
-
-def _temperature(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and np.isfinite(value)):
-        raise ValueError("must be a positive number")
     return value
 
 
@@ -51,7 +44,7 @@ class SampleQuality(Task):
         "extractor": Option(_extractor("classifier"), _extractor,
                             "feature space: classifier (trained here on train), pixels, or inception:PATH "
                             "(torch-fidelity InceptionV3 weights file)"),
-        "temperature": Option(1.0, _temperature, "sampling temperature, a positive number"),
+        "temperature": Option(1.0, positive_float, "sampling temperature, a positive number"),
         "batch_size": Option(250, positive_int, "images sampled at once (KV cache memory grows with it)"),
     }
     columns = {("val", "bits_per_dim"): "bits/dim", ("val", "fd"): "FD", ("val", "kid"): "KID",
