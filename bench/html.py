@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from bench.report import fmt, study_tables, summary
+from bench.report import fmt, summary_tables
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1d2433; }
@@ -60,12 +60,7 @@ def page(df: pd.DataFrame, title: str = "igpt-bench report") -> str:
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class='note'>{df.file.nunique()} runs · made {now()} · ★ = the run's layer chosen by val "
              "top-1 · ± = standard deviation over seeds</p>"]
-    table = summary(df)
-    for (dataset, task), group in table.groupby(["dataset", "task"], sort=False):
-        parts.append(f"<h2>{html.escape(str(task))} · {html.escape(str(dataset))}</h2>")
-        empty = [c for c in group.columns if group[c].isna().all() or (group[c].astype(str) == "").all()]
-        parts.append(table_html(group.drop(columns=empty)))
-    for title, table in study_tables(df):
+    for title, table in summary_tables(df):
         parts.append(f"<h2>{html.escape(title)}</h2>{table_html(table)}")
     for name, fig in figures(df).items():
         data = base64.b64encode(png_bytes(fig)).decode()

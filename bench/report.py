@@ -149,37 +149,43 @@ def study_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def render_all(df: pd.DataFrame, fmt_name: str = "table") -> str | None:
-    """The tidy table of the runs, then each study's tables: printed (``table``) or as text."""
-    parts = []
-    plain = df[~study_rows(df)]
-    if len(plain):
-        parts.append(render(tidy_view(plain), fmt_name))
-    for title, table in study_tables(df):
+def summary_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table) per dataset and task: the ``summary`` rows (run × layer, a column per split
+    and metric, ± over seeds, ``best``) without their all-empty columns; then each study's tables.
+    What ``--summary`` prints and the HTML page shows."""
+    out = []
+    for (dataset, task), group in summary(df).groupby(["dataset", "task"], sort=False):
+        group = group.drop(columns=["dataset", "task"])
+        empty = [c for c in group.columns if group[c].isna().all() or (group[c].astype(str) == "").all()]
+        out.append((f"{task} · {dataset}", group.drop(columns=empty)))
+    return out + study_tables(df)
+
+
+def _titled(tables: list[tuple[str, pd.DataFrame]], fmt_name: str) -> list[str | None]:
+    """Each table rendered under its title (a Markdown heading; a plain line in CSV); printed
+    tables (``table``) give None."""
+    texts = []
+    for title, table in tables:
         text = render(table, fmt_name, title=title)
-        if text is not None:
-            parts.append(f"{title}\n{text}" if fmt_name == "csv" else f"### {title}\n\n{text}")
-    texts = [p for p in parts if p is not None]
+        texts.append(None if text is None else f"{title}\n{text}" if fmt_name == "csv" else f"### {title}\n\n{text}")
+    return texts
+
+
+def _joined(texts: list[str | None]) -> str | None:
+    texts = [t for t in texts if t is not None]
     return "\n\n".join(t.rstrip("\n") for t in texts) + "\n" if texts else None
 
 
+def render_all(df: pd.DataFrame, fmt_name: str = "table") -> str | None:
+    """The tidy table of the runs, then each study's tables: printed (``table``) or as text."""
+    plain = df[~study_rows(df)]
+    head = [render(tidy_view(plain), fmt_name)] if len(plain) else []
+    return _joined(head + _titled(study_tables(df), fmt_name))
+
+
 def render_summary(df: pd.DataFrame, fmt_name: str = "table") -> str | None:
-    """Per dataset and task the ``summary`` table (run × layer, a column per split and metric, ±
-    over seeds, the best layer marked), then each study's tables: printed or as text."""
-    parts = []
-    table = summary(df)
-    for (dataset, task), group in table.groupby(["dataset", "task"], sort=False):
-        group = group.drop(columns=["dataset", "task"])
-        group = group.drop(columns=[c for c in group.columns if group[c].isna().all()
-                                    or (group[c].astype(str) == "").all()])
-        parts.append((f"{task} · {dataset}", group))
-    parts += study_tables(df)
-    texts = []
-    for title, t in parts:
-        text = render(t, fmt_name, title=title)
-        if text is not None:
-            texts.append(f"{title}\n{text}" if fmt_name == "csv" else f"### {title}\n\n{text}")
-    return "\n\n".join(x.rstrip("\n") for x in texts) + "\n" if texts else None
+    """``summary_tables``: printed (``table``) or as text."""
+    return _joined(_titled(summary_tables(df), fmt_name))
 
 
 def curve_rows(df: pd.DataFrame) -> pd.Series:
