@@ -39,10 +39,17 @@ BLOCK_ROWS = 8192
 
 
 def standardize(train: np.ndarray, *others: np.ndarray):
-    mean = train.mean(axis=0, dtype=np.float64)
-    std = train.std(axis=0, dtype=np.float64)
+    """Each array centred and scaled by the train columns' mean and std (a std below 1e-8 counts
+    as 1), as float32. Sums accumulate in float64, the elementwise work runs in float32 on every
+    core (numpy's float64 version took 2.3 s for FMNIST pixels' train and val, a fifth of a probe)."""
+    import torch
+
+    t = torch.as_tensor(train).float()
+    n = max(len(t), 1)
+    mean = (t.sum(0, dtype=torch.float64) / n).float()
+    std = ((t - mean).square().sum(0, dtype=torch.float64) / n).sqrt().float()
     std[std < 1e-8] = 1.0
-    scale = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+    scale = lambda a: ((torch.as_tensor(a).float() - mean) / std).numpy()  # noqa: E731
     return (scale(train), *(scale(o) for o in others))
 
 
@@ -159,6 +166,8 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     ``patience`` > 0 stops the walk (strong -> weak) after that many strengths in a row below the
     best val accuracy; the weak end of the grid is where L-BFGS needs the most iterations.
     """
+    import torch
+
     Xtr_s, Xva_s = standardize(Xtr, Xva)
     basis = LogisticRegressionLBFGS.eigenbasis(Xtr_s, device)
     best = None
@@ -180,12 +189,17 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
                     for _ in grid[i + 1:]:
                         on_fit()
                 break
-    val_acc, val_se, lam, _ = best
+    val_acc, val_se, lam, chosen = best
+    _, Q, s = basis
     del basis  # a rotated copy of the train features: free it before the train+val refit
     Xall = np.concatenate([Xtr, Xva])
     yall = np.concatenate([ytr, yva])
     Xall_s, Xte_s = standardize(Xall, Xte)
-    clf = LogisticRegressionLBFGS(n_classes, max_iter=max_iter, device=device).fit(Xall_s, yall, lam)
+    # The refit starts from the chosen train fit, in the train features' eigenbasis (any basis is a
+    # valid change of variables; train's is close to train+val's): same minimizer, fewer evaluations.
+    Xall_t = torch.as_tensor(Xall_s, device=device)
+    clf = LogisticRegressionLBFGS(n_classes, max_iter=max_iter, device=device).fit(
+        Xall_s, yall, lam, warm=chosen, basis=(Xall_t @ Q, Q, s))
     test_acc, test_se = top1(clf.predict(Xte_s), yte)
     if on_fit:
         on_fit()

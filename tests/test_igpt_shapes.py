@@ -133,3 +133,33 @@ def test_features_carry_gradients_to_the_layers_below_and_equal_inference_values
     with torch.inference_mode():
         inferred = bb.features(x, ["h2"])
     assert torch.equal(inferred["h2"], feats["h2"].detach())
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_fused_norm_and_mlp_equal_the_formulas(grad):
+    """The block's fast path (F.rms_norm; the MLP's activation as one silu with its 1.702 scalings
+    folded into the two matrix products) against the formulas, in values and gradients."""
+    import torch
+
+    from backbones.igpt.model import Block, IGPTConfig, quick_gelu
+
+    torch.manual_seed(0)
+    block = Block(IGPTConfig(n_colors=16, n_positions=8, n_embd=32, n_layer=1, n_head=4))
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(3, 8, 32, requires_grad=grad)
+
+    def simple(x):
+        norm = lambda m, t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + m.eps) * m.weight  # noqa: E731
+        x = x + block.attn(norm(block.ln_1, x))
+        return x + block.c_proj(quick_gelu(block.c_fc(norm(block.ln_2, x))))
+
+    with torch.set_grad_enabled(grad):
+        fast, ref = block(x), simple(x)
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+        if grad:
+            g_fast = torch.autograd.grad(fast.square().sum(), [x, *block.parameters()])
+            g_ref = torch.autograd.grad(ref.square().sum(), [x, *block.parameters()])
+            for a, b in zip(g_fast, g_ref):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

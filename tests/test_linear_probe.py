@@ -104,3 +104,35 @@ def test_pixels_fashion_mnist_acceptance(bench, tmp_path):
     recs = json.loads(path.read_text())["records"]
     test = [x["value"] for x in recs if x["split"] == "test" and x["metric"] == "top1"]
     assert test[0] >= 84.0, recs
+
+
+def test_standardize_matches_the_float64_formula():
+    rng = np.random.default_rng(0)
+    train = (rng.normal(size=(500, 40)) * rng.uniform(0.1, 1e3, 40) + rng.normal(size=40) * 1e3).astype(np.float32)
+    train[:, 3] = 7.0  # a constant column: std counts as 1
+    other = rng.normal(size=(50, 40)).astype(np.float32)
+    mean, std = train.mean(0, dtype=np.float64), train.std(0, dtype=np.float64)
+    std[std < 1e-8] = 1.0
+    got_train, got_other = standardize(train, other)
+    assert got_train.dtype == np.float32 and got_other.dtype == np.float32
+    np.testing.assert_allclose(got_train, (train - mean) / std, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got_other, (other - mean) / std, rtol=1e-5, atol=1e-4)
+
+
+def test_warm_refit_in_the_train_basis_reaches_the_cold_fits_minimum():
+    """probe_layer's fast path: the train+val refit starts from the chosen train fit and runs in
+    the train features' eigenbasis; the simple path is a cold fit in train+val's own basis."""
+    import torch
+
+    d = load_split("digits", "train")
+    X, y = standardize(_pixels(d))[0], d.labels
+    lam, cut = 1e-3, 1000
+    train = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X[:cut], y[:cut], lam)
+    _, Q, s = LogisticRegressionLBFGS.eigenbasis(X[:cut])
+    warm = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam, warm=train,
+                                                                   basis=(torch.as_tensor(X) @ Q, Q, s))
+    cold = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam)
+    f_warm = _objective(X, y, warm.W.numpy(), warm.b.numpy(), lam)
+    f_cold = _objective(X, y, cold.W.numpy(), cold.b.numpy(), lam)
+    assert abs(f_warm - f_cold) <= 1e-5 * f_cold + 1e-7, (f_warm, f_cold)
+    assert warm.n_evals < cold.n_evals  # the point of the warm start
