@@ -652,7 +652,7 @@ def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, n
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke test of every row (minutes on 2 cores).")
-@click.option("--only", "only", multiple=True, type=click.Choice(["extract", "flops", "probe", "sample"]),
+@click.option("--only", "only", multiple=True, type=click.Choice(["extract", "flops", "probe", "sample", "memory", "gpu"]),
               help="Run only these groups of rows (repeatable).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the machine and every row to this JSON file.")
@@ -679,8 +679,8 @@ def perf(ctx, quick, only, json_out):
         check_writable(Path(json_out), "--json")
     info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx))
     click.echo(" · ".join(f"{k} {v}" for k, v in info.items() if v is not None))
-    render(perf_rows.table(rows), "table", title=f"bench perf{' --quick' if quick else ''} (ratio: reference time / "
-                                                  "ours, or our rate / the reference's)")
+    render(perf_rows.table(rows), "table", title=f"bench perf{' --quick' if quick else ''} (ratio: reference time / ours; "
+                                                  "our rate / the reference's; memory: many / few images)")
     if json_out:
         from bench.records import atomic_write_bytes
 

@@ -10,9 +10,16 @@ Rows (a row that the machine or the installed packages cannot run says why and i
   MLP's size; ``bf16``: the same forward under bf16 autocast against fp32; check: features agree.
 - ``probe``: the linear probe's whole default grid against ONE scikit-learn lbfgs fit at the
   strength ours chose; check: our objective is no worse than sklearn's at that strength.
+- ``memory``: peak resident memory of ``bench extract`` on many images over that on few (a guard: the
+  ratio is ours / ours, and must stay near 1).
 - ``sample-cache`` / ``sample-hf``: KV-cached sampling against recomputing the prefix (the official
   sampler) and against transformers ``generate(use_cache=True)``; check: the same tokens as the
   recomputation; the same logits as transformers.
+
+- ``dev-extract`` / ``dev-pretrain`` / ``dev-probe`` (group ``gpu``, where CUDA is visible): iGPT-S
+  extraction and a pretraining step under bf16 as a fraction of one large bf16 matmul's measured
+  rate, and the linear probe of 8 layers on the device; checks: bf16 features against fp32, the
+  loss going down, the device probe against the CPU's.
 
 ``quick`` shrinks every size (a smoke test, minutes on 2 cores); the full mode runs the issue's
 sizes. Ratios are reference time / our time (> 1: we are faster).
@@ -67,13 +74,19 @@ def machine() -> dict:
     return out
 
 
-def _median_time(fn: Callable[[], object], repeat: int) -> float:
-    """Median wall seconds of ``repeat`` calls after one untimed warm-up call."""
+def _median_time(fn: Callable[[], object], repeat: int, device: str = "cpu") -> float:
+    """Median wall seconds of ``repeat`` calls after one untimed warm-up call (on a GPU, each
+    waited for)."""
+    import torch
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     fn()
+    sync()
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -296,7 +309,147 @@ def sampling_rows(quick: bool) -> list[Row]:
     return rows
 
 
-ROWS = {"extract": extraction_rows, "flops": flops_rows, "probe": probe_rows, "sample": sampling_rows}
+def memory_rows(quick: bool, data_root=None) -> list[Row]:
+    """Peak memory of ``bench extract`` (resnet18, every layer) on few and on many images: each in a
+    fresh process (its peak resident set), so streaming is what keeps the ratio near 1."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from bench.datasets import load_split
+    from bench.errors import BenchError
+
+    dataset, small, large = ("digits", 200, 1200) if quick else ("fashion-mnist", 10000, 54000)
+    try:
+        load_split(dataset, "train", data_root, None, 0)
+    except BenchError as e:
+        return [Row("memory", f"resnet18 on {dataset}", note=f"skipped: {e}")]
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (small, large):
+            cmd = [sys.executable, "-m", "bench", "-q", "extract", "-b", "resnet18", "-d", dataset, "--split",
+                   "train", "--limit", str(n), "--out", os.path.join(tmp, f"{n}.h5")]
+            if data_root:
+                cmd += ["--data-root", str(data_root)]
+            env = {**os.environ, "BENCH_CACHE": tmp}
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            err = proc.stderr.read()
+            proc.stderr.close()
+            if os.waitstatus_to_exitcode(status) != 0:
+                return [Row("memory", f"resnet18 on {dataset}", note=f"bench extract failed: {err.strip()[-200:]}")]
+            peaks[n] = usage.ru_maxrss / 2**20  # KiB -> GiB
+    ratio = peaks[large] / peaks[small]
+    return [Row("memory", f"bench extract resnet18, all layers, {dataset}: {large} vs {small} images (peak RSS)",
+                peaks[large], peaks[small], unit="GiB", ratio=ratio, target="<= 1.1x (a guard)", met=ratio <= 1.1)]
+
+
+def _matmul_rate(device: str, dtype, n: int) -> float:
+    """FLOP/s of one n x n x n matmul on ``device``: the measured ceiling the device rows divide by."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / _median_time(lambda: a @ b, 5, device)
+
+
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
+    """The accelerator's rows: iGPT-S extraction and a pretraining step under bf16 autocast as a
+    fraction of one large bf16 matmul's measured rate, and the linear probe of 8 layers of features
+    on the device. Run on a CPU (``device="cpu"``, quick sizes), the same code is the test of it."""
+    import torch
+
+    from backbones.base import _count_cpu_attention
+    from backbones.igpt.model import IGPTConfig, ImageGPT
+    from backbones.igpt.train import train_step
+    from bench.runtime import autocast_for
+    from tasks.linear_probe import DEFAULT_GRID, probe_layer
+
+    _count_cpu_attention()
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    # (layers, width, heads, tokens, batch)
+    extract_shape, train_shape = ((2, 64, 2, 64, 2), (2, 64, 2, 64, 2)) if quick else \
+        ((24, 512, 8, 1024, 64), (24, 512, 8, 784, 64))
+    peak = _matmul_rate(device, torch.bfloat16, 256 if quick else 8192)
+    rows = []
+    torch.manual_seed(0)
+    n_layer, n_embd, n_head, tokens, batch = extract_shape
+    model = ImageGPT(IGPTConfig(n_colors=512, n_positions=tokens, n_embd=n_embd, n_layer=n_layer,
+                                n_head=n_head)).to(device).eval()
+    idx = torch.randint(0, 513, (batch, tokens), device=device)
+    bf16 = autocast_for("bf16", device)
+    with torch.inference_mode():
+        def run():
+            with bf16:
+                return model.forward_intermediates(idx)
+        flops = _flops(run)
+        t = _median_time(run, 2 if quick else 5, device)
+        low = run()["final"].float().mean(1)
+        ref = model.forward_intermediates(idx)["final"].mean(1)
+    cos = float(torch.nn.functional.cosine_similarity(low, ref).min())
+    rows.append(Row("dev-extract", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, all layers, "
+                    f"bf16 ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
+                    ratio=flops / t / peak, target=">= 40% of a bf16 matmul's rate", met=flops / t / peak >= 0.4,
+                    check=f"min cosine of pooled final features vs fp32 {cos:.4f}", ok=cos > 0.99))
+
+    n_layer, n_embd, n_head, tokens, batch = train_shape
+    torch.manual_seed(0)
+    model = ImageGPT(IGPTConfig(n_colors=512, n_positions=tokens, n_embd=n_embd, n_layer=n_layer,
+                                n_head=n_head)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    x = torch.randint(0, 512, (batch, tokens), device=device)
+    step = lambda: train_step(model, opt, x, bf16, 1.0)  # noqa: E731
+    first = step().item()
+    flops = _flops(step)
+    t = _median_time(step, 2 if quick else 5, device)
+    last = step().item()
+    rows.append(Row("dev-pretrain", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, bf16, fused "
+                    f"AdamW ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
+                    ratio=flops / t / peak, target=">= 35% of a bf16 matmul's rate", met=flops / t / peak >= 0.35,
+                    check=f"loss {first:.3f} -> {last:.3f} over the timed steps", ok=last < first))
+
+    # 8 layers of features as iGPT-S gives them (512 wide), labels from a noisy linear teacher.
+    n, dim, layers, classes = (600, 32, 2, 5) if quick else (8000, 512, 8, 10)
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(dim, classes, generator=gen)
+    feats = [torch.randn(n + n // 4 + n // 4, dim, generator=gen) for _ in range(layers)]
+    labels = (feats[0] @ teacher + 2 * torch.randn(len(feats[0]), classes, generator=gen)).argmax(1).numpy()
+    parts = lambda a: (a[:n], a[n:n + n // 4], a[n + n // 4:])  # noqa: E731
+    ytr, yva, yte = parts(labels)
+    start = time.perf_counter()
+    fits = [probe_layer(*[p for pair in zip(parts(f.numpy()), (ytr, yva, yte)) for p in pair], DEFAULT_GRID,
+                        classes, device=device, patience=2) for f in feats]
+    t_dev = time.perf_counter() - start
+    cpu = probe_layer(*[p for pair in zip(parts(feats[0].numpy()), (ytr, yva, yte)) for p in pair], DEFAULT_GRID,
+                      classes, patience=2)
+    same = cpu.l2 == fits[0].l2 and abs(cpu.test - fits[0].test) <= 0.2
+    rows.append(Row("dev-probe", f"{name}: linear probe of {layers} layers x {dim} features, {n} train rows, "
+                    "default grid", t_dev, None, target="all layers under 20 s", met=t_dev < 20,
+                    check=f"layer 1 on the device vs the CPU: L2 {fits[0].l2:g} vs {cpu.l2:g}, test top-1 "
+                    f"{fits[0].test:.2f} vs {cpu.test:.2f}", ok=same))
+    return rows
+
+
+def gpu_rows(quick: bool) -> list[Row]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return [Row("gpu", "no CUDA device visible", note="skipped: the GPU rows need one")]
+    return device_rows(quick, "cuda")
+
+
+ROWS = {"extract": extraction_rows, "flops": flops_rows, "probe": probe_rows, "sample": sampling_rows,
+        "memory": memory_rows, "gpu": gpu_rows}
 
 
 def run(quick: bool = False, only=None, log=lambda msg: None) -> tuple[dict, list[Row]]:

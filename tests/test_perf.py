@@ -14,9 +14,15 @@ def test_perf_quick_runs_every_row_and_its_checks_pass(bench, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["quick"] is True and doc["machine"]["cores"] >= 1 and doc["machine"]["transformers"]
     rows = {row["row"] for row in doc["rows"]}
-    assert rows == {"extract-all", "extract-mid", "flops", "bf16", "probe", "sample-cache", "sample-hf"}
+    gpu = {"dev-extract", "dev-pretrain", "dev-probe"} if doc["machine"]["gpu"] else {"gpu"}
+    assert rows == {"extract-all", "extract-mid", "flops", "bf16", "probe", "sample-cache", "sample-hf",
+                    "memory"} | gpu
     for row in doc["rows"]:
-        assert row["ratio"] is not None and row["ratio"] > 0, row
+        if row["row"] == "gpu":
+            assert "skipped" in row["note"]
+            continue
+        if row["row"] != "dev-probe":  # one time against a target, no reference
+            assert row["ratio"] is not None and row["ratio"] > 0, row
         assert row["ok"] in (True, None), row
         assert row["met"] is None  # targets are judged on the full sizes only
     assert sum(row["ok"] is True for row in doc["rows"]) >= 6  # the checks ran
@@ -26,3 +32,15 @@ def test_perf_quick_runs_every_row_and_its_checks_pass(bench, tmp_path):
 def test_perf_refuses_an_unknown_group(bench):
     r = bench("perf", "--only", "everything")
     assert r.code == 2 and "Invalid value for '--only'" in r.err and "Traceback" not in r.err
+
+
+def test_device_rows_run_on_the_cpu_and_their_checks_pass():
+    """The GPU rows' code, run on the CPU at quick sizes: what keeps the CUDA branch honest on a
+    machine without one (bf16 features against fp32, the loss going down, the probe on the device
+    against the CPU's)."""
+    from bench.perf import device_rows
+
+    rows = device_rows(True, "cpu")
+    assert [r.row for r in rows] == ["dev-extract", "dev-pretrain", "dev-probe"]
+    assert all(r.ok for r in rows), rows
+    assert all(r.ours > 0 for r in rows)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU check of issue 11 in one command (under 8 minutes on one H100/H200):
+#   1. the GPU rows of `bench perf` (iGPT-S extraction and a pretraining step in bf16 against a large
+#      bf16 matmul's measured rate; the linear probe of 8 layers on the device), then
+#   2. a short pretraining of igpt-wide at 28x28 on Fashion-MNIST (4,000 steps x 128 images, bf16)
+#      and a linear probe of every layer of it (bf16 extraction, probe on the device).
+# Needs the project installed (`pip install --no-deps --no-build-isolation -e .`) and Fashion-MNIST's
+# four IDX files under $BENCH_DATA_ROOT (or the system place). Everything goes to $OUT; the wall
+# time of each step to $OUT/times.txt. A CPU trial of the chain (~2 minutes): DEVICE=cpu STEPS=2 LIMIT=300.
+set -euo pipefail
+OUT=${OUT:-gpu-check}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-4000}
+LIMIT_ARGS=()
+if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
+BENCH=${BENCH:-bench}
+mkdir -p "$OUT"
+export BENCH_CACHE="$OUT/cache"
+: > "$OUT/times.txt"
+
+step() {  # step NAME COMMAND...: run it, append "NAME: seconds" to times.txt
+    local name=$1 start=$SECONDS
+    shift
+    echo "== $name: $*" >&2
+    "$@"
+    echo "$name: $((SECONDS - start)) s" | tee -a "$OUT/times.txt" >&2
+}
+
+step perf-gpu $BENCH perf --only gpu --json "$OUT/perf-gpu.json"
+step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size 128 --lr 2e-3 \
+    --warmup $((STEPS / 25 + 1)) --precision bf16 --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}"
+step probe-igpt $BENCH -q run -b igpt --weights "$OUT/pretrain" -t linear-probe -d fashion-mnist \
+    --device "$DEVICE" --precision bf16 --results "$OUT/records" "${LIMIT_ARGS[@]}"
+step probe-pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --device "$DEVICE" \
+    --results "$OUT/records" "${LIMIT_ARGS[@]}"
+$BENCH report "$OUT/records" --summary
+cat "$OUT/times.txt"
