@@ -165,7 +165,6 @@ def extraction_rows(quick: bool) -> list[Row]:
 def flops_rows(quick: bool) -> list[Row]:
     """iGPT-S forward: achieved FLOP/s against one fp32 matmul's, and bf16 against fp32."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from backbones.base import _count_cpu_attention
     from backbones.igpt.model import IGPTConfig, ImageGPT
@@ -177,10 +176,7 @@ def flops_rows(quick: bool) -> list[Row]:
     idx = torch.randint(0, 513, (batch, tokens), generator=torch.Generator().manual_seed(0))
     run = lambda: model.forward_intermediates(idx, ["final"])  # noqa: E731
     with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            run()
-        flops = counter.get_total_flops()
+        flops = _flops(run)
         t32 = _median_time(run, repeat)
         a = torch.randn(batch * tokens, 512)
         b = torch.randn(512, 2048)
@@ -440,12 +436,15 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     labels = (feats[0] @ teacher + 2 * torch.randn(len(feats[0]), classes, generator=gen)).argmax(1).numpy()
     parts = lambda a: (a[:n], a[n:n + n // 4], a[n + n // 4:])  # noqa: E731
     ytr, yva, yte = parts(labels)
+
+    def probe(features, on):
+        Xtr, Xva, Xte = parts(features.numpy())
+        return probe_layer(Xtr, ytr, Xva, yva, Xte, yte, DEFAULT_GRID, classes, device=on, patience=2)
+
     start = time.perf_counter()
-    fits = [probe_layer(*[p for pair in zip(parts(f.numpy()), (ytr, yva, yte)) for p in pair], DEFAULT_GRID,
-                        classes, device=device, patience=2) for f in feats]
+    fits = [probe(f, device) for f in feats]
     t_dev = time.perf_counter() - start
-    cpu = probe_layer(*[p for pair in zip(parts(feats[0].numpy()), (ytr, yva, yte)) for p in pair], DEFAULT_GRID,
-                      classes, patience=2)
+    cpu = probe(feats[0], "cpu")
     same = cpu.l2 == fits[0].l2 and abs(cpu.test - fits[0].test) <= 0.2
     rows.append(Row("dev-probe", f"{name}: linear probe of {layers} layers x {dim} features, {n} train rows, "
                     "default grid", t_dev, None, target="all layers under 20 s", met=t_dev < 20,

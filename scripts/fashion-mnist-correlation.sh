@@ -20,15 +20,9 @@ PRETRAIN_ARGS=()
 [ -n "${PRETRAIN_LIMIT:-}" ] && PRETRAIN_ARGS=(--limit "$PRETRAIN_LIMIT")
 BENCH=${BENCH:-bench}
 mkdir -p "$RES"
-: > "$RES/times.txt"
-
-step() {  # step NAME COMMAND...: run it, append "NAME: seconds" to times.txt
-    local name=$1 start=$SECONDS
-    shift
-    echo "== $name: $*" >&2
-    "$@"
-    echo "$name: $((SECONDS - start)) s" >> "$RES/times.txt"
-}
+TIMES="$RES/times.txt"
+: > "$TIMES"
+source "$(dirname "$0")/steps.sh"
 
 [ -d "$WIDE/checkpoints" ] || { echo "error: $WIDE has no checkpoints; run scripts/fashion-mnist-reference.sh first (or set WIDE)" >&2; exit 2; }
 step pretrain-mini $BENCH -q pretrain -b igpt-mini -d fashion-mnist --image-size 14 --steps "$STEPS" --batch-size 16 \

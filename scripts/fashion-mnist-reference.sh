@@ -23,15 +23,9 @@ LIMIT_ARGS=()
 [ -n "${LIMIT:-}" ] && LIMIT_ARGS=(--limit "$LIMIT")
 BENCH=${BENCH:-bench}
 mkdir -p "$RES"
-: > "$RES/times.txt"
-
-step() {  # step NAME COMMAND...: run it, append "NAME: seconds" to times.txt
-    local name=$1 start=$SECONDS
-    shift
-    echo "== $name: $*" >&2
-    "$@"
-    echo "$name: $((SECONDS - start)) s" >> "$RES/times.txt"
-}
+TIMES="$RES/times.txt"
+: > "$TIMES"
+source "$(dirname "$0")/steps.sh"
 
 step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --image-size 14 --steps "$STEPS" --batch-size 16 \
     --lr 2e-3 --warmup $((STEPS / 25)) --save-at "$(seq -s, $((STEPS / 8)) $((STEPS / 8)) $((STEPS - 1)))" \

@@ -16,15 +16,9 @@ if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
 BENCH=${BENCH:-bench}
 mkdir -p "$OUT"
 export BENCH_CACHE="$OUT/cache"
-: > "$OUT/times.txt"
-
-step() {  # step NAME COMMAND...: run it, append "NAME: seconds" to times.txt
-    local name=$1 start=$SECONDS
-    shift
-    echo "== $name: $*" >&2
-    "$@"
-    echo "$name: $((SECONDS - start)) s" | tee -a "$OUT/times.txt" >&2
-}
+TIMES="$OUT/times.txt"
+: > "$TIMES"
+source "$(dirname "$0")/steps.sh"
 
 step perf-gpu $BENCH perf --only gpu --json "$OUT/perf-gpu.json"
 step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size 128 --lr 2e-3 \
