@@ -57,11 +57,12 @@ def compare_probes(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, patience=2
     return {"ours": ours, "sklearn": ref}
 
 
-def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: int, device: str = "cpu",
-                       seed: int = 0, grad_clip: float = 1.0) -> dict:
-    """``bench pretrain``'s training step (the same function) for one iGPT shape in fp32 and under
-    bf16 autocast, from the same init on the same random batch: {precision: (median seconds per
-    step, loss after the last step)}. The first two steps of each are warm-up and not timed."""
+def compare_steps(shape: str, n_colors: int, size: int, batch: int, steps: int, device: str = "cpu",
+                  seed: int = 0, grad_clip: float = 1.0, variants=("fp32", "bf16"), backend: str = "inductor") -> dict:
+    """``bench pretrain``'s training step (the same function) for one iGPT shape in each variant
+    (fp32, bf16 autocast, either with ``+compile``: through ``torch.compile``), from the same init
+    on the same random batch: {variant: (median seconds per step, loss after the last step)}. The
+    first two steps of each are warm-up (and compilation) and not timed."""
     import torch
 
     from backbones.igpt.model import IGPTConfig, ImageGPT, shape_config
@@ -71,20 +72,35 @@ def compare_precisions(shape: str, n_colors: int, size: int, batch: int, steps: 
     cfg = IGPTConfig(n_colors=n_colors, n_positions=size * size, **shape_config(shape))
     x = torch.randint(0, n_colors, (batch, size * size), generator=torch.Generator().manual_seed(seed)).to(device)
     out = {}
-    for precision in ("fp32", "bf16"):
+    for variant in variants:
+        precision, _, compiled = variant.partition("+")
         torch.manual_seed(seed)
         model = ImageGPT(cfg).to(device)
+        net = torch.compile(model, backend=backend) if compiled else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
         autocast = autocast_for(precision, device)
         times = []
         for _ in range(steps + 2):
             t = time.perf_counter()
-            loss = train_step(model, opt, x, autocast, grad_clip)
+            loss = train_step(net, opt, x, autocast, grad_clip)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        out[precision] = (float(np.median(times[2:])), float(loss.item()))
+        out[variant] = (float(np.median(times[2:])), float(loss.item()))
     return out
+
+
+def pretrain_benchmark(shape: str, image_size: int, colors: int, batch_size: int, steps: int,
+                       device: str = "cpu", compile: bool = False) -> pd.DataFrame:
+    """`bench benchmark pretrain`: a row per precision (and compiled variant), with the speed-up
+    against eager fp32."""
+    import pandas as pd
+
+    variants = ("fp32", "bf16") + (("fp32+compile", "bf16+compile") if compile else ())
+    res = compare_steps(shape, colors, image_size, batch_size, steps, device, variants=variants)
+    ref = res["fp32"][0]
+    return pd.DataFrame([{"step": v, "s/step": t, "images/s": batch_size / t, "speed-up vs fp32": ref / t,
+                          f"loss after {steps + 2} steps": loss} for v, (t, loss) in res.items()])
 
 
 def probe_benchmark(backbone: str, options, dataset: str, *, layers="all", task_options=(), data_root=None,
@@ -113,17 +129,6 @@ def probe_benchmark(backbone: str, options, dataset: str, *, layers="all", task_
                      "test sklearn": ste, "test delta": te - ste, "L2 ours": lam, "L2 sklearn": slam,
                      "s ours": t, "s sklearn": st, "speed-up": st / t})
     return pd.DataFrame(rows)
-
-
-def pretrain_benchmark(shape: str, image_size: int, colors: int, batch_size: int, steps: int,
-                       device: str = "cpu") -> pd.DataFrame:
-    """`bench benchmark pretrain`: a row per precision, with the speed-up against fp32."""
-    import pandas as pd
-
-    res = compare_precisions(shape, colors, image_size, batch_size, steps, device)
-    ref = res["fp32"][0]
-    return pd.DataFrame([{"precision": p, "s/step": t, "images/s": batch_size / t, "speed-up vs fp32": ref / t,
-                          f"loss after {steps + 2} steps": loss} for p, (t, loss) in res.items()])
 
 
 def sample_benchmark(backbone, n: int, seed: int = 0) -> pd.DataFrame:

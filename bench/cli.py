@@ -484,9 +484,12 @@ def _int_list(ctx, param, value):
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Training forward in bf16 autocast (weights and optimizer stay fp32); auto: bf16 on a GPU, fp32 on a CPU. "
                    "bf16 also pays on CPUs with AVX512-BF16 or AMX.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="Run the training step through torch.compile (pays on a GPU; the first step compiles; "
+                   "a run may resume with or without it).")
 @click.pass_context
 def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, warmup, weight_decay, grad_clip,
-             save_at, colors, image_size, seed, out, device, precision):
+             save_at, colors, image_size, seed, out, device, precision, compile_):
     """Pretrain an Image GPT on a dataset (next-pixel prediction over a k-means palette).
 
     Rerunning the same command continues from the last checkpoint. Under `torchrun
@@ -504,7 +507,7 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
                       warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, save_at=save_at,
                       seed=seed, limit=limit, colors=colors, image_size=image_size, data_root=data_root,
                       precision=precision)
-    final = do_pretrain(cfg, out, device=pick_device(device), quiet=_quiet(ctx), log=_log(ctx))
+    final = do_pretrain(cfg, out, device=pick_device(device), quiet=_quiet(ctx), log=_log(ctx), compile=compile_)
     if final is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         click.echo(f"checkpoint: {final}")
 
@@ -577,8 +580,9 @@ def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, l
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per step.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps of each precision.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device):
-    """Pretraining step time under bf16 autocast vs fp32, same init and batch: speed ratio.
+@click.option("--compile", "compile_", is_flag=True, help="Also time both precisions through torch.compile.")
+def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device, compile_):
+    """Pretraining step time under bf16 autocast (and torch.compile) vs fp32, same init and batch: speed ratio.
 
     \b
     Example:
@@ -589,7 +593,7 @@ def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device):
     from bench.runtime import pick_device
 
     device = pick_device(device)
-    table = pretrain_benchmark(backbone, image_size, colors, batch_size, steps, device)
+    table = pretrain_benchmark(backbone, image_size, colors, batch_size, steps, device, compile_)
     render(table, "table", title=f"pretraining step · {backbone} · {image_size}x{image_size}, {colors} colors, "
                               f"batch {batch_size} · {device}")
 

@@ -217,7 +217,7 @@ def probe_rows(quick: bool, data_root=None) -> list[Row]:
 
     from bench.datasets import load_split
     from bench.errors import BenchError
-    from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, probe_layer, standardize
+    from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, objective, probe_layer, standardize
 
     dataset = "digits" if quick else "fashion-mnist"
     try:
@@ -240,14 +240,8 @@ def probe_rows(quick: bool, data_root=None) -> list[Row]:
     t_ref = time.perf_counter() - t
     ours = LogisticRegressionLBFGS(classes).fit(Xall_s, yall, fit.l2)
 
-    def objective(W, b):
-        z = Xall_s.astype(np.float64) @ W + b
-        z -= z.max(1, keepdims=True)
-        nll = np.log(np.exp(z).sum(1)) - z[np.arange(len(yall)), yall]
-        return float(nll.mean() + fit.l2 / 2 * (W ** 2).sum())
-
-    f_ours = objective(ours.W.double().numpy(), ours.b.double().numpy())
-    f_ref = objective(ref.coef_.T, ref.intercept_)
+    f_ours = objective(Xall_s, yall, ours.W, ours.b, fit.l2)
+    f_ref = objective(Xall_s, yall, ref.coef_.T, ref.intercept_, fit.l2)
     ref_top1 = 100.0 * float((ref.predict(Xte_s) == y["test"]).mean())
     ok = f_ours <= f_ref + 1e-4 * abs(f_ref) + 1e-5
     return [Row("probe", f"pixels on {dataset}: our {len(DEFAULT_GRID)}-strength grid vs one sklearn fit at "
@@ -383,7 +377,7 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     from backbones.igpt.model import IGPTConfig, ImageGPT
     from backbones.igpt.train import train_step
     from bench.runtime import autocast_for
-    from tasks.linear_probe import DEFAULT_GRID, probe_layer
+    from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, objective, probe_layer, standardize
 
     _count_cpu_attention()
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
@@ -418,13 +412,15 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
                                 n_head=n_head)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     x = torch.randint(0, 512, (batch, tokens), device=device)
-    step = lambda: train_step(model, opt, x, bf16, 1.0)  # noqa: E731
+    flops = _flops(lambda: train_step(model, opt, x, bf16, 1.0))  # counted on the eager model's ops
+    # On a GPU the step runs compiled, as `bench pretrain --compile` runs it; the first call compiles.
+    net = torch.compile(model) if device.startswith("cuda") else model
+    step = lambda: train_step(net, opt, x, bf16, 1.0)  # noqa: E731
     first = step().item()
-    flops = _flops(step)
     t = _median_time(step, 2 if quick else 5, device)
     last = step().item()
     rows.append(Row("dev-pretrain", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, bf16, fused "
-                    f"AdamW ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
+                    f"AdamW{', compiled' if net is not model else ''} ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
                     ratio=flops / t / peak, target=">= 35% of a bf16 matmul's rate", met=flops / t / peak >= 0.35,
                     check=f"loss {first:.3f} -> {last:.3f} over the timed steps", ok=last < first))
 
@@ -444,12 +440,17 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     start = time.perf_counter()
     fits = [probe(f, device) for f in feats]
     t_dev = time.perf_counter() - start
-    cpu = probe(feats[0], "cpu")
-    same = cpu.l2 == fits[0].l2 and abs(cpu.test - fits[0].test) <= 0.2
+    # The check compares what both devices minimize at the strength chosen for layer 1, not
+    # accuracies, which can flip on a near-tie with the device's rounding.
+    Xtr, f = standardize(parts(feats[0].numpy())[0])[0], {}
+    for on in (device, "cpu"):
+        fit = LogisticRegressionLBFGS(classes, device=on).fit(Xtr, ytr, fits[0].l2)
+        f[on] = objective(Xtr, ytr, fit.W, fit.b, fits[0].l2)
+    gap = abs(f[device] - f["cpu"]) / f["cpu"]
     rows.append(Row("dev-probe", f"{name}: linear probe of {layers} layers x {dim} features, {n} train rows, "
                     "default grid", t_dev, None, target="all layers under 20 s", met=t_dev < 20,
-                    check=f"layer 1 on the device vs the CPU: L2 {fits[0].l2:g} vs {cpu.l2:g}, test top-1 "
-                    f"{fits[0].test:.2f} vs {cpu.test:.2f}", ok=same))
+                    check=f"layer 1 at L2 {fits[0].l2:g}: objective {f[device]:.6f} on the device vs "
+                    f"{f['cpu']:.6f} on the CPU (test top-1 {fits[0].test:.2f})", ok=gap <= 1e-4))
     return rows
 
 

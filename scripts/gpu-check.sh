@@ -2,7 +2,8 @@
 # The GPU check of issue 11 in one command (under 8 minutes on one H100/H200):
 #   1. the GPU rows of `bench perf` (iGPT-S extraction and a pretraining step in bf16 against a large
 #      bf16 matmul's measured rate; the linear probe of 8 layers on the device), then
-#   2. a short pretraining of igpt-wide at 28x28 on Fashion-MNIST (4,000 steps x 128 images, bf16)
+#   2. a short pretraining of igpt-wide at 28x28 on Fashion-MNIST (4,000 steps x 128 images, bf16,
+#      through torch.compile on a GPU; COMPILE=0 runs it eager)
 #      and a linear probe of every layer of it (bf16 extraction, probe on the device).
 # Needs the project installed (`pip install --no-deps --no-build-isolation -e .`) and Fashion-MNIST's
 # four IDX files under $BENCH_DATA_ROOT (or the system place). Everything goes to $OUT; the wall
@@ -13,6 +14,8 @@ DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-4000}
 LIMIT_ARGS=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
+COMPILE_ARGS=()
+if [ "${COMPILE:-1}" = 1 ] && [[ "$DEVICE" == cuda* ]]; then COMPILE_ARGS=(--compile); fi
 BENCH=${BENCH:-bench}
 mkdir -p "$OUT"
 export BENCH_CACHE="$OUT/cache"
@@ -22,7 +25,7 @@ source "$(dirname "$0")/steps.sh"
 
 step perf-gpu $BENCH perf --only gpu --json "$OUT/perf-gpu.json"
 step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size 128 --lr 2e-3 \
-    --warmup $((STEPS / 25 + 1)) --precision bf16 --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}"
+    --warmup $((STEPS / 25 + 1)) --precision bf16 --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}" "${COMPILE_ARGS[@]}"
 step probe-igpt $BENCH -q run -b igpt --weights "$OUT/pretrain" -t linear-probe -d fashion-mnist \
     --device "$DEVICE" --precision bf16 --results "$OUT/records" "${LIMIT_ARGS[@]}"
 step probe-pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --device "$DEVICE" \

@@ -136,6 +136,17 @@ def second_moment_basis(X, device: str = "cpu"):
     return Q.to(X.dtype), s.clamp(min=0).to(X.dtype)
 
 
+def objective(X, y, W, b, lam: float) -> float:
+    """What the probe minimizes, mean cross-entropy + lam/2 ||W||^2, in float64 on the CPU whatever
+    precision or device the solver worked in: the number to compare two solvers by."""
+    import torch
+
+    X, W, b = (torch.as_tensor(np.asarray(a.cpu() if torch.is_tensor(a) else a), dtype=torch.float64)
+               for a in (X, W, b))
+    logp = torch.log_softmax(X @ W + b, dim=1)
+    return float(-logp[np.arange(len(X)), np.asarray(y)].mean() + 0.5 * lam * (W**2).sum())
+
+
 def binomial_se(correct: int, n: int) -> float:
     """The binomial standard error of an accuracy of ``correct`` out of ``n``, in percent."""
     p = correct / max(n, 1)

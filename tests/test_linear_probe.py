@@ -7,7 +7,7 @@ import pytest
 
 from bench.benchmark import compare_probes
 from bench.datasets import load_split
-from tasks.linear_probe import LogisticRegressionLBFGS, standardize
+from tasks.linear_probe import LogisticRegressionLBFGS, objective, standardize
 from tests.conftest import need_fashion_mnist
 
 
@@ -16,7 +16,6 @@ def _pixels(d):
 
 
 def test_same_minimizer_as_sklearn_at_one_strength():
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     d = load_split("digits", "train")
@@ -25,28 +24,15 @@ def test_same_minimizer_as_sklearn_at_one_strength():
     ours = LogisticRegressionLBFGS(10, tol=1e-7, max_iter=5000).fit(X, d.labels, lam)
     ref = LogisticRegression(C=1 / (lam * len(X)), tol=1e-8, max_iter=5000).fit(X, d.labels)
 
-    def objective(W, b):  # in float64, whatever precision the solver worked in
-        logp = torch.log_softmax(torch.as_tensor(X, dtype=torch.float64) @ torch.as_tensor(W, dtype=torch.float64)
-                                 + torch.as_tensor(b, dtype=torch.float64), dim=1)
-        return float(-logp[np.arange(len(X)), d.labels].mean() + 0.5 * lam * (torch.as_tensor(W, dtype=torch.float64) ** 2).sum())
-
     # Our float32 fit reaches sklearn's float64 optimum to within float32 resolution of the loss ...
-    assert objective(ours.W.numpy(), ours.b.numpy()) - objective(ref.coef_.T, ref.intercept_) < 1e-6
+    assert (objective(X, d.labels, ours.W, ours.b, lam)
+            - objective(X, d.labels, ref.coef_.T, ref.intercept_, lam)) < 1e-6
     # ... and the same weights, up to the shift shared by all classes (the objective is nearly flat
     # along a few directions of constant pixels, hence the tolerance).
     w_ours = ours.W.numpy().T
     w_ref = ref.coef_
     np.testing.assert_allclose(w_ours - w_ours.mean(0), w_ref - w_ref.mean(0), atol=5e-3)
     assert (ours.predict(X) == ref.predict(X)).mean() > 0.999
-
-
-def _objective(X, y, W, b, lam):
-    """mean cross-entropy + lam/2 ||W||^2 in float64, whatever precision the solver worked in."""
-    import torch
-
-    X, W, b = (torch.as_tensor(a, dtype=torch.float64) for a in (X, W, b))
-    logp = torch.log_softmax(X @ W + b, dim=1)
-    return float(-logp[np.arange(len(X)), y].mean() + 0.5 * lam * (W**2).sum())
 
 
 @pytest.mark.parametrize("dataset, limit, strengths", [
@@ -72,8 +58,8 @@ def test_reaches_the_same_minimum_as_sklearn_at_every_strength(dataset, limit, s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = LogisticRegression(C=1 / (lam * len(X)), max_iter=5000, tol=1e-6).fit(X, y)
-        f_ours = _objective(X, y, ours.W.numpy(), ours.b.numpy(), lam)
-        f_ref = _objective(X, y, ref.coef_.T, ref.intercept_, lam)
+        f_ours = objective(X, y, ours.W.numpy(), ours.b.numpy(), lam)
+        f_ref = objective(X, y, ref.coef_.T, ref.intercept_, lam)
         slack = 1e-4 * f_ref + 1e-5
         assert f_ours <= f_ref + slack and f_ref <= f_ours + slack, (lam, f_ours, f_ref)
 
@@ -132,7 +118,7 @@ def test_warm_refit_in_the_train_basis_reaches_the_cold_fits_minimum():
     warm = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam, warm=train,
                                                                    basis=(torch.as_tensor(X) @ Q, Q, s))
     cold = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam)
-    f_warm = _objective(X, y, warm.W.numpy(), warm.b.numpy(), lam)
-    f_cold = _objective(X, y, cold.W.numpy(), cold.b.numpy(), lam)
+    f_warm = objective(X, y, warm.W.numpy(), warm.b.numpy(), lam)
+    f_cold = objective(X, y, cold.W.numpy(), cold.b.numpy(), lam)
     assert abs(f_warm - f_cold) <= 1e-5 * f_cold + 1e-7, (f_warm, f_cold)
     assert warm.n_evals < cold.n_evals  # the point of the warm start

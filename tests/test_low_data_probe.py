@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.datasets import load_split
-from tasks.linear_probe import LogisticRegressionLBFGS, second_moment_basis, standardize
+from tasks.linear_probe import LogisticRegressionLBFGS, objective, second_moment_basis, standardize
 from tasks.low_data_probe import low_data_layer, sample_shots
 from tests.conftest import assert_user_error
 
@@ -51,12 +51,7 @@ def test_a_subset_fit_in_the_full_train_basis_reaches_sklearns_minimum(lam):
         warnings.simplefilter("ignore")
         ref = LogisticRegression(C=1 / (lam * len(Xs)), max_iter=5000, tol=1e-8).fit(Xs, ys)
 
-    def objective(W, b):
-        Xd, W, b = (torch.as_tensor(a, dtype=torch.float64) for a in (Xs, W, b))
-        logp = torch.log_softmax(Xd @ W + b, dim=1)
-        return float(-logp[np.arange(len(Xs)), ys].mean() + 0.5 * lam * (W**2).sum())
-
-    f_ours, f_ref = objective(ours.W.numpy(), ours.b.numpy()), objective(ref.coef_.T, ref.intercept_)
+    f_ours, f_ref = objective(Xs, ys, ours.W, ours.b, lam), objective(Xs, ys, ref.coef_.T, ref.intercept_, lam)
     slack = 1e-4 * f_ref + 1e-5
     assert f_ours <= f_ref + slack and f_ref <= f_ours + slack, (f_ours, f_ref)
 

@@ -150,3 +150,25 @@ def test_the_model_owns_its_loss_in_float32_under_autocast():
         assert model.loss(tokens).dtype == torch.float32
     bpd = bits_per_dim(model, tokens.numpy().astype(np.int64), channels=1, batch_size=2)
     assert math.isclose(bpd, expected.item() / math.log(2), rel_tol=1e-5)
+
+
+def test_compile_runs_the_step_compiled_and_is_no_setting_of_the_run(bench, tmp_path, monkeypatch):
+    """`--compile` puts the training step through torch.compile (here with the aot_eager backend:
+    the captured graph without inductor's kernel generation, which costs ~30 s on 2 cores), trains
+    to the eager run's weights, and is no setting of the run: the folder reruns without it."""
+    compiled = []
+    real = torch.compile
+
+    def spy(model, **kw):
+        compiled.append(model)
+        return real(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    assert bench("-q", *ARGS, "--out", tmp_path / "eager").code == 0
+    assert compiled == []
+    r = bench("-q", *ARGS, "--compile", "--out", tmp_path / "compiled")
+    assert r.code == 0, r
+    assert len(compiled) == 1
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), max((a[k] - b[k]).abs().max() for k in a)
+    assert bench("-q", *ARGS, "--out", tmp_path / "compiled").code == 0

@@ -114,8 +114,13 @@ def _validate(cfg: TrainConfig) -> None:
         raise BenchError(f"--save-at steps must lie in 1..{cfg.steps} (--steps), got {bad[0]}")
 
 
-def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = False, log=print) -> Path:
-    """Train (or continue training) into ``out``; returns the final checkpoint folder."""
+def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = False, log=print,
+             compile: bool = False) -> Path:
+    """Train (or continue training) into ``out``; returns the final checkpoint folder.
+
+    ``compile``: run the training forward (and so its backward) through ``torch.compile``; the
+    same function of the same weights, fused into fewer kernels. It is not a setting of the run:
+    a run may resume with or without it. The first step pays the compilation."""
     import torch
     import torch.distributed as dist
 
@@ -189,6 +194,8 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
             if torch.is_tensor(v) and k != "step":
                 st[k] = v.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if compile:
+        net = torch.compile(net)
     autocast = autocast_for(cfg.precision, device)
     saves = set(cfg.save_at) | {cfg.steps}
     per_rank = cfg.batch_size // world
