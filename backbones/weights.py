@@ -74,25 +74,62 @@ def apply_state_dict(model, state_dict: dict, backbone: str, path: str | Path) -
             f"weights file {path} does not fit backbone {backbone!r}: " + "; ".join(parts)
             + "; pass weights saved from the same architecture and input channels"
         )
+    for k, v in state_dict.items():
+        if v.is_floating_point() and not bool(v.isfinite().all()):
+            raise BenchError(f"weights file {path} holds non-finite values (NaN or inf) in {k}; "
+                             "pass weights from a run that did not diverge")
     model.load_state_dict(state_dict, strict=True)
+
+
+class HubUnreachable(Exception):
+    """The Hugging Face hub cannot be reached (offline mode, or no connection): not worth retrying."""
+
+
+def hub_reachable(timeout: float = 3.0) -> str:
+    """'' when a TCP connection to the hub's endpoint (``HF_ENDPOINT``) opens within ``timeout``
+    seconds, else why not. With a proxy configured the proxy decides, so the probe is skipped."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return ""
+    except OSError as e:
+        return f"{host}:{port} is unreachable ({e.strerror or type(e).__name__})"
 
 
 def hub_cache_first(fetch: Callable[[bool], T]) -> T:
     """``fetch(offline=True)`` reads the local Hugging Face cache; only when that fails, and
-    ``HF_HUB_OFFLINE`` is not set, ``fetch(offline=False)`` may use the network. A BenchError
-    passes straight through; otherwise the last attempt's error is raised for the caller to word."""
+    ``HF_HUB_OFFLINE`` is not set and the hub answers a quick connection probe, may
+    ``fetch(offline=False)`` use the network (so no minute of retries when offline). A BenchError
+    passes straight through; HubUnreachable says why the network was not tried; otherwise the last
+    attempt's error is raised for the caller to word."""
     offline_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    err: Exception | None = None
-    for offline in ([True] if offline_only else [True, False]):
-        try:
-            return fetch(offline)
-        except BenchError:
-            raise
-        except Exception as e:  # noqa: BLE001 - hub and network errors come in many types
-            err = e
-    assert err is not None
-    raise err
+    try:
+        return fetch(True)
+    except BenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub and network errors come in many types
+        err = e
+    if offline_only:
+        raise HubUnreachable("HF_HUB_OFFLINE is set") from err
+    why = hub_reachable()
+    if why:
+        raise HubUnreachable(why) from err
+    return fetch(False)
 
 
 def first_line(e: Exception, limit: int = 160) -> str:
-    return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:limit]
+    """The first line of an error's text, cut at a word (never mid-word) when over ``limit``."""
+    if isinstance(e, HubUnreachable):
+        return f"the hub was not tried: {e}"
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:(") + " ..."

@@ -40,8 +40,8 @@ def backbone_options(f):
     @click.option("--backbone", "-b", required=True, help="Backbone name: pixels, any timm model (resnet18, timm/convnext_atto), or a plugin's.")
     @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights (from the local Hugging Face cache when offline).")
     @click.option("--weights", type=click.Path(), default=None, help="Weights: a .safetensors or state-dict .pth file (read with weights_only=True), or an ImageGPT folder.")
-    @click.option("--image-size", type=click.IntRange(min=1), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+    @click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
+    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
     @functools.wraps(f)
     def wrapper(*args, backbone, pretrained, weights, image_size, seed, **kw):
         from backbones.base import BackboneOptions
@@ -140,8 +140,8 @@ def backbones_list(pattern):
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files.")
 @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights.")
 @click.option("--weights", type=click.Path(), default=None, help="Weights file (.safetensors or state-dict .pth) or ImageGPT folder.")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Input size the backbone resizes to.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init.")
+@click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Input size the backbone resizes to.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for random init.")
 def backbones_show(name, dataset, data_root, pretrained, weights, image_size, seed):
     """Show every exportable layer of backbone NAME with its feature width.
 
@@ -265,8 +265,8 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights (from the local Hugging Face cache when offline).")
 @click.option("--weights", "weights", multiple=True,
               help="Weights file or folder (repeatable); a quoted glob such as 'RUN/checkpoints/*' runs every match, in step order.")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+@click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
 @click.option("--task", "-t", "task_names", multiple=True, required=True, help="Task name (repeatable); see `bench tasks list`.")
 @click.option("--dataset", "-d", "dataset_names", multiple=True, required=True, help="Dataset name (repeatable); see `bench datasets list`.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files (else $BENCH_DATA_ROOT, else the system place).")
@@ -476,8 +476,8 @@ def _int_list(ctx, param, value):
 @click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this (0: off).")
 @click.option("--save-at", default="", callback=_int_list, help="Comma-separated steps to checkpoint at (the last step always is).")
 @click.option("--colors", type=click.IntRange(min=2), default=None, help="Palette size (default 512 for RGB, 16 for grayscale).")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Train at this square size (default: the dataset's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, palette and data order.")
+@click.option("--image-size", type=click.IntRange(min=1, max=128), default=None, help="Train at this square size (default: the dataset's).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for init, palette and data order.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder: settings, palette, log, checkpoints.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 # The choices are backbones.igpt.train.PRECISIONS, spelled out so that start-up imports no torch.
@@ -515,7 +515,7 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
 @cli.command(context_settings=CONTEXT)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the run, the results JSON and the completions PNG.")
 @click.option("--steps", type=click.IntRange(min=2), default=1200, show_default=True, help="Pretraining steps of the tiny iGPT (about 80 s on 2 cores).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for everything.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.pass_context
 def demo(ctx, results_dir, steps, seed, device):
@@ -600,7 +600,7 @@ def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device, 
 
 @benchmark.command("sample", context_settings=CONTEXT)
 @backbone_options
-@click.option("--n", "n", type=click.IntRange(min=1), default=16, show_default=True, help="Images to sample.")
+@click.option("--n", "n", type=click.IntRange(min=1, max=1024), default=16, show_default=True, help="Images to sample (1..1024).")
 @runtime_options
 def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
     """KV-cached sampling vs recomputing the whole prefix at every step: same tokens, speed ratio.
@@ -628,7 +628,7 @@ def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True, help="Vote weight exp(similarity / temperature).")
 @click.option("--block-size", type=click.IntRange(min=1), default=32768, show_default=True, help="Bank rows compared with 256 queries at a time (ours).")
 @click.option("--no-sklearn", is_flag=True, help="Time ours only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic features.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the synthetic features.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N] (ours).")
 def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, no_sklearn, seed, device):
     """Our blocked cosine kNN vs scikit-learn brute force on synthetic features: time, memory, agreement.

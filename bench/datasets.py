@@ -70,13 +70,16 @@ class Dataset:
 
     # -- locating files ---------------------------------------------------------------------
     def candidate_dirs(self) -> list[Path]:
-        roots = [r for r in (self.data_root, os.environ.get("BENCH_DATA_ROOT")) if r]
+        """An explicit ``--data-root`` is the only place looked at (a copy found elsewhere would
+        be recorded under the wrong root); else ``$BENCH_DATA_ROOT``, then the system places."""
+        roots = [self.data_root] if self.data_root else [r for r in (os.environ.get("BENCH_DATA_ROOT"),) if r]
         dirs = []
         for root in roots:
             root = Path(root).expanduser()
             dirs.append(root)
             dirs.extend(root / sub for sub in (self.name, *self.subdirs))
-        dirs.extend(Path(d) for d in self.system_dirs)
+        if not self.data_root:
+            dirs.extend(Path(d) for d in self.system_dirs)
         return dirs
 
     def locate(self) -> Path:
@@ -122,9 +125,27 @@ def _carve(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]
     return kept, carved
 
 
+MAX_SEED = 2**32 - 1  # what numpy and scikit-learn accept as a seed
+
+
 def get_dataset(name: str, data_root: str | os.PathLike | None = None) -> Dataset:
     cls = DATASETS.get(name)
+    if data_root and not Path(data_root).expanduser().is_dir():
+        raise BenchError(f"--data-root {data_root} is not a folder; pass the folder that holds the dataset's files")
     return cls(data_root)
+
+
+def check_labels(name: str, split: str, labels: np.ndarray, n_classes: int | None) -> None:
+    """Labels are class ids 0..n_classes-1 (a label file that says otherwise is damaged)."""
+    if len(labels) == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    top = n_classes - 1 if n_classes else None
+    if lo < 0 or (top is not None and hi > top):
+        bad = lo if lo < 0 else hi
+        row = int(np.flatnonzero(labels == bad)[0])
+        raise BenchError(f"dataset {name!r} {split}: label {bad} at row {row} is outside 0..{top if top is not None else 'N'}"
+                         "; the label file is damaged, replace it")
 
 
 def load_split(
@@ -139,6 +160,8 @@ def load_split(
         raise BenchError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise BenchError(f"--limit must be a positive integer, got {limit!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise BenchError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     ds = get_dataset(name, data_root)
     info: dict = {"dataset": name, "split": split}
     pub = ds.published_splits
@@ -152,6 +175,11 @@ def load_split(
         images, labels = ds.read("train")
         pos = np.arange(len(labels))
         source_split = "train"
+    if len(images) != len(labels):
+        raise BenchError(f"dataset {name!r} {source_split}: {len(images)} images but {len(labels)} labels; "
+                         "the files are damaged or mismatched, replace them")
+    check_labels(name, source_split, labels, ds.num_classes)
+    if source_split == "train":
         if "test" not in pub:
             kept, carved = _carve(labels, TEST_FRACTION)
             info["test_carve"] = {"fraction": TEST_FRACTION, "seed": SPLIT_SEED, "size": int(len(carved))}
@@ -160,6 +188,10 @@ def load_split(
             kept, carved = _carve(labels[pos], VAL_FRACTION)
             info["val_carve"] = {"fraction": VAL_FRACTION, "seed": SPLIT_SEED, "size": int(len(carved))}
             pos = pos[carved] if split == "val" else pos[kept]
+    if len(pos) == 0 or (split == "train" and len(pos) < 2):
+        carved = " after val/test were carved out of train" if {"val_carve", "test_carve"} & set(info) else ""
+        raise BenchError(f"dataset {name!r}: the {split} split holds {len(pos)} image(s){carved}; "
+                         "add images (a few per class at least)")
     info["source_split"] = source_split
     info["size_before_limit"] = int(len(pos))
     if limit is not None:
@@ -325,6 +357,7 @@ class STL10(Dataset):
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+MAX_PIXELS = 4096 * 4096  # per image of an imagefolder: larger ones are refused before decoding
 
 
 
@@ -375,9 +408,12 @@ class ImageFolder(Dataset):
         imgs = []
         for p in files:
             try:
-                with Image.open(p) as im:
+                with Image.open(p) as im:  # reads the header only
+                    if im.width * im.height > MAX_PIXELS:
+                        raise BenchError(f"image {p} is {im.width}x{im.height}, over the {MAX_PIXELS:,}-pixel limit "
+                                         "of an imagefolder; downscale it or remove it")
                     imgs.append(im.convert("RGB"))
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:
                 raise BenchError(f"cannot read image {p} ({e}); remove or replace it") from None
         size = Counter(im.size for im in imgs).most_common(1)[0][0]
         out = np.empty((len(imgs), size[1], size[0], 3), dtype=np.uint8)

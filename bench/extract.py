@@ -54,7 +54,7 @@ def extract(
     layers = backbone.check_layers(layers)
     ident = identity_of(backbone, data, layers, limit, seed, precision)
     if not out:
-        reusable = find_superset(ident, cache_dir)
+        reusable = find_superset(ident, cache_dir, log)
         if reusable is not None:
             more = set(reusable.layers) > set(layers)
             return reusable, "reused (a cached file with more layers)" if more else "reused"

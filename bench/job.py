@@ -7,17 +7,21 @@ many jobs live in ``bench.sweep``; the Python API in ``bench.api``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from backbones.base import Backbone, BackboneOptions, DataSpec, create_backbone, weights_label
 from bench import layers as selection
 from bench.datasets import SplitData, load_split
 from bench.errors import BenchError
 from bench.extract import extract
+from bench.lock import exclusive
 from bench.provenance import git_commit, now, versions
 from bench.records import finished_run, result_identity, results_path, run_id, write_results
 from bench.registry import TASKS
@@ -84,6 +88,11 @@ def run_job(job: Job, settings: Settings) -> Outcome:
     if task.requires_generative and not getattr(backbone, "generative", False):
         raise BenchError(f"task {job.task!r} needs a generative backbone (e.g. igpt); {job.backbone!r} is not one")
     layers = selection.parse(settings.layers, list(backbone.layers), backbone.name)
+    if task.needs_classes:
+        classes = np.unique(data[splits[0]].labels)
+        if len(classes) < 2:
+            raise BenchError(f"dataset {job.dataset!r} has a single class ({classes[0] if len(classes) else 'none'}) "
+                             f"in {splits[0]}; task {job.task!r} needs at least two classes to tell apart")
     task.check(options, data)
     from bench.runtime import resolve_precision
 
@@ -100,7 +109,20 @@ def run_job(job: Job, settings: Settings) -> Outcome:
             log(f"skipped (done already; --rerun to redo): {out}")
             return Outcome(job, "skipped", out, done, task)
     check_writable(out, "--results folder")
+    # One process computes a given result; another asked for the same waits, then reuses the file.
+    # Under torchrun only rank 0 takes the lock (the others must reach the same collectives).
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with exclusive(out, "computing", log) if rank0 else contextlib.nullcontext():
+        if not settings.rerun:
+            done = finished_run(out, identity)
+            if done is not None:
+                log(f"skipped (another process finished it while this one waited): {out}")
+                return Outcome(job, "skipped", out, done, task)
+        return _compute(job, settings, task, options, splits, data, backbone, layers, precision, identity, out, t0)
 
+
+def _compute(job, settings, task, options, splits, data, backbone, layers, precision, identity, out, t0) -> Outcome:
+    log = settings.log or (lambda msg: None)
     ctx = RunContext(backbone=backbone, layers=layers, options=options, seed=settings.seed,
                      device=settings.device, dataset=job.dataset, data=data, artifacts=out.with_suffix(""),
                      cache_dir=settings.cache_dir, log=log, quiet=settings.quiet)

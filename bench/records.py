@@ -70,7 +70,10 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
     run = doc.get("run") or {}
     if run.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
         return None
-    return [dict(r, file=str(path)) for r in doc.get("records", [])]
+    records = doc.get("records")
+    if not isinstance(records, list) or not records or any(record_problem(r) for r in records):
+        return None  # damaged: computed again
+    return [dict(r, file=str(path)) for r in records]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -109,10 +112,42 @@ def read_results(path: str | Path) -> list[dict]:
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise BenchError(f"{path} is not an igpt-bench results file; pass files written by `bench run`")
     records = doc.get("records")
-    if not isinstance(records, list) or not all(isinstance(r, dict) and {"metric", "value"} <= set(r)
-                                                for r in records):
-        raise BenchError(f"{path} has damaged records; rerun the `bench run` that wrote it")
+    if not isinstance(records, list):
+        raise BenchError(f"{path} has no list of records; rerun the `bench run` that wrote it")
+    for i, r in enumerate(records):
+        problem = record_problem(r)
+        if problem:
+            raise BenchError(f"{path}: record {i} {problem}; rerun the `bench run` that wrote it")
     return [dict(r, file=str(path)) for r in records]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What the tables and plots read from a record, and what each must be (None is allowed but for metric).
+_FIELDS = {
+    "metric": (lambda v: isinstance(v, str) and v != "", "a metric name"),
+    "value": (lambda v: v is None or _number(v), "a number"),
+    "stderr": (lambda v: v is None or _number(v), "a number"),
+    "n": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), "a count"),
+    "step": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+    "layer_index": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+    **{k: (lambda v: v is None or isinstance(v, str), "text")
+       for k in ("layer", "split", "backbone", "dataset", "task", "run", "tag", "weights", "fingerprint")},
+}
+
+
+def record_problem(r) -> str:
+    """'' for a well-formed record, else what is wrong with it."""
+    if not isinstance(r, dict):
+        return f"is a {type(r).__name__}, not an object"
+    if "metric" not in r or "value" not in r:
+        return "lacks its metric or value"
+    for key, (ok, what) in _FIELDS.items():
+        if key in r and not ok(r[key]):
+            return f"has {key} = {str(r[key])[:40]!r}, which is not {what}"
+    return ""
 
 
 def _looks_like_results(path: Path) -> bool:

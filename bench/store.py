@@ -1,17 +1,28 @@
 """The HDF5 activation store: one file per backbone fingerprint x dataset x split (x layers).
 
-Layout of a file::
+Layout of a finished file::
 
     /labels            int64 [N]          class ids
     /indices           int64 [N]          row numbers in the dataset's published split
-    /layers/<name>     float32 [n, D]     chunked, resizable; grows batch by batch
-    attrs: format, format_version, identity (JSON), provenance (JSON), n_rows, rows_done, complete
+    /layers/<name>     float32 [N, D]     chunked
+    attrs: format, format_version, identity (JSON), provenance (JSON), n_rows, rows_done, complete,
+           checksums (JSON: sha256 of each layer's data and of the labels and indices)
 
 ``identity`` holds what must match for a file to be reused or resumed (backbone fingerprint,
-dataset, split, limit, seed, layers, a digest of the input images and labels). Extraction writes
-``<out>.partial`` and renames it to ``<out>`` when every row is in, so a finished name is always a
-finished file; a killed run leaves the partial file and the same command resumes from its last
-flushed batch. A file whose identity differs is refused, never mixed.
+dataset, split, limit, seed, layers, a digest of the input images and labels).
+
+Writing. Extraction appends each batch's rows to one raw float32 file per layer in
+``<out>.parts/`` and then replaces ``progress.json`` there (atomically) with the new row count, so
+the rows the progress file counts are always on disk whole: a kill, or a write that fails (disk
+full), leaves a partial whose counted rows are valid, and the same command resumes after them
+(dropping any rows past the count). When every row is in, the HDF5 file is written from the parts
+in one streaming pass that also computes the checksums, and renamed into place: a finished name is
+always a finished file. One process at a time writes a given file (``bench.lock``): others wait,
+then reuse it. Non-finite activations stop the extraction with the layer and row.
+
+Reading. A file is reused only if its identity matches (another is refused, never mixed) and its
+checksums match its data (a mismatch, a cut layer or a file without checksums is logged and
+extracted again).
 """
 
 from __future__ import annotations
@@ -19,12 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bench.errors import BenchError
+from bench.lock import exclusive
 
 FORMAT = "igpt-bench/activations"
 FORMAT_VERSION = 1
@@ -57,9 +70,9 @@ def cache_path(identity: dict, cache_dir: Path | None = None) -> Path:
     return base / safe / identity["fingerprint"][:16] / name
 
 
-def find_superset(identity: dict, cache_dir: Path | None = None) -> ActivationFile | None:
-    """A finished cached file with the same identity but more layers, if there is one: asking
-    for a subset of layers already extracted costs nothing."""
+def find_superset(identity: dict, cache_dir: Path | None = None, log=lambda msg: None) -> ActivationFile | None:
+    """A finished, intact cached file with the same identity but more layers, if there is one:
+    asking for a subset of layers already extracted costs nothing."""
     folder = cache_path(identity, cache_dir).parent
     if not folder.is_dir():
         return None
@@ -71,7 +84,10 @@ def find_superset(identity: dict, cache_dir: Path | None = None) -> ActivationFi
             continue
         other = dict(act.identity, layers=identity["layers"])
         if other == identity and want <= set(act.layers):
-            return act
+            damaged = act.verify(identity["layers"])
+            if not damaged:
+                return act
+            log(f"not reusing {path}: {damaged}")
     return None
 
 
@@ -97,6 +113,32 @@ def check_writable(path: Path, what: str = "--out") -> None:
         raise BenchError(f"cannot write {path} ({e.strerror or e}); choose another {what}") from None
 
 
+class DamagedFile(BenchError):
+    """An activation file whose data no longer matches what was written (or never had checksums)."""
+
+
+CHECK_BYTES = 64 << 20  # how much of a layer one step of a streaming checksum reads
+
+
+def _hasher(dtype, shape):
+    h = hashlib.sha256()
+    h.update(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
+    return h
+
+
+def _block_rows(width: int, itemsize: int = 4) -> int:
+    return max(1, CHECK_BYTES // max(1, width * itemsize))
+
+
+def dataset_checksum(ds) -> str:
+    """sha256 of an HDF5 dataset's dtype, shape and values, read in blocks (flat memory)."""
+    h = _hasher(ds.dtype, ds.shape)
+    rows = _block_rows(int(np.prod(ds.shape[1:], dtype=np.int64)), ds.dtype.itemsize)
+    for s in range(0, ds.shape[0], rows):
+        h.update(np.ascontiguousarray(ds[s : s + rows]))
+    return h.hexdigest()
+
+
 @dataclass
 class ActivationFile:
     """A finished activation file, opened for reading (arrays load on demand)."""
@@ -106,6 +148,7 @@ class ActivationFile:
     provenance: dict
     layers: list[str]
     n_rows: int
+    checksums: dict | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -134,6 +177,18 @@ class ActivationFile:
         with h5py.File(self.path, "r") as f:
             return f["layers"][layer][:]
 
+    def verify(self, layers: list[str] | None = None) -> str:
+        """'' when the labels, indices and ``layers`` (default: all) match the checksums written
+        with the file, else what does not (one streaming read of those arrays)."""
+        import h5py
+
+        if not self.checksums:
+            return "it has no checksums (written by an older igpt-bench)"
+        names = ["labels", "indices"] + [f"layers/{layer}" for layer in (layers or self.layers)]
+        with h5py.File(self.path, "r") as f:
+            bad = [n for n in names if n not in f or dataset_checksum(f[n]) != self.checksums.get(n)]
+        return f"the checksum of {', '.join(bad)} does not match its data (changed since it was written)" if bad else ""
+
 
 def _read_attrs(path: Path) -> dict:
     """Attributes of an activation file; BenchError when it is not one or cannot be read."""
@@ -142,7 +197,8 @@ def _read_attrs(path: Path) -> dict:
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
-            layer_names = list(f["layers"].keys()) if "layers" in f else []
+            attrs["_shapes"] = {name: f["layers"][name].shape for name in f["layers"]} if "layers" in f else {}
+            attrs["_shapes"].update({name: f[name].shape for name in ("labels", "indices") if name in f})
     except OSError as e:
         raise BenchError(
             f"{path} is not a readable HDF5 file (truncated or corrupt: {str(e).splitlines()[0][:80]}); "
@@ -156,30 +212,148 @@ def _read_attrs(path: Path) -> dict:
     try:
         attrs["identity"] = json.loads(attrs["identity"])
         attrs["provenance"] = json.loads(attrs["provenance"])
+        attrs["checksums"] = json.loads(attrs["checksums"]) if "checksums" in attrs else None
     except (KeyError, TypeError, ValueError):
         raise BenchError(f"{path} has damaged attributes; delete it and extract again") from None
-    attrs["_layers_present"] = layer_names
     return attrs
 
 
 def open_activations(path: str | Path) -> ActivationFile:
-    """Open a finished activation file; refuses foreign, truncated or unfinished files."""
+    """Open a finished activation file; refuses foreign, truncated, unfinished or cut files (the
+    checksums are checked by ``verify``, which reads the data)."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"activation file {path} does not exist; run `bench extract` first")
     a = _read_attrs(path)
     if not bool(a.get("complete")):
         raise BenchError(f"{path} is unfinished ({a.get('rows_done')}/{a.get('n_rows')} rows); "
-                         "rerun the same `bench extract` to finish it")
-    layers = list(a["identity"]["layers"])
-    if set(layers) - set(a["_layers_present"]):
-        raise BenchError(f"{path} lacks some of its layers; delete it and extract again")
-    return ActivationFile(path, a["identity"], a["provenance"], layers, int(a["n_rows"]))
+                         "delete it and extract again")
+    layers, n = list(a["identity"]["layers"]), int(a["n_rows"])
+    widths = a["provenance"].get("layers", {})
+    shapes = a["_shapes"]
+    for name in ["labels", "indices", *layers]:
+        want = (n,) if name in ("labels", "indices") else (n, widths.get(name, shapes.get(name, (0, 0))[-1]))
+        if shapes.get(name) != want:
+            raise DamagedFile(f"{path}: {name} has shape {shapes.get(name)}, not {want} (cut or missing); "
+                              "delete it and extract again")
+    return ActivationFile(path, a["identity"], a["provenance"], layers, n, a["checksums"])
 
 
 def _identity_diff(a: dict, b: dict) -> str:
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(f"{k}: {str(a.get(k))[:24]} vs {str(b.get(k))[:24]}" for k in keys[:3])
+
+
+def _reusable(out: Path, identity: dict) -> tuple[ActivationFile | None, str]:
+    """(the file, '') when ``out`` holds ``identity`` intact; (None, why) when it holds it damaged;
+    BenchError when it holds something else."""
+    a = _read_attrs(out)
+    if a["identity"] != identity:
+        raise BenchError(f"{out} holds other activations ({_identity_diff(a['identity'], identity)}); "
+                         "choose another --out or delete it")
+    try:
+        act = open_activations(out)
+    except DamagedFile as e:
+        return None, str(e).split(": ", 1)[1].split(";")[0]
+    damaged = act.verify()
+    return (None, damaged) if damaged else (act, "")
+
+
+class NonFinite(BenchError):
+    pass
+
+
+def _first_nonfinite(arr: np.ndarray) -> int | None:
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    return int(np.flatnonzero(bad.any(axis=1))[0])
+
+
+def parts_dir(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".parts")
+
+
+def _atomic_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def _resume_point(parts: Path, meta: dict, widths: dict[str, int], log) -> int | None:
+    """Rows already in ``parts`` for this ``meta``, its layer files cut back to them; None (and
+    no parts left) when there are none to resume."""
+    legacy = parts.with_name(parts.name.removesuffix(".parts") + ".partial")
+    if legacy.exists():  # the single-file partials of igpt-bench before the parts folders
+        log(f"discarding {legacy}: a partial file of an older igpt-bench")
+        legacy.unlink()
+    if not parts.exists():
+        return None
+    try:
+        progress = json.loads((parts / "progress.json").read_text())
+    except (OSError, ValueError):
+        progress = {}
+    start = int(progress.get("rows_done", 0)) if progress.get("meta") == meta else -1
+    files = [parts / f"{i:03d}.f32" for i in range(len(widths))]
+    if start >= 0 and all(f.is_file() and f.stat().st_size >= start * w * 4
+                          for f, w in zip(files, widths.values(), strict=True)):
+        for f, w in zip(files, widths.values(), strict=True):
+            os.truncate(f, start * w * 4)  # rows written after the last progress update
+        return start
+    log(f"discarding {parts}: it was made by another configuration or is damaged")
+    shutil.rmtree(parts)
+    return None
+
+
+def _fresh_parts(parts: Path, meta: dict, widths: dict[str, int]) -> int:
+    parts.mkdir(parents=True)
+    for i in range(len(widths)):
+        (parts / f"{i:03d}.f32").touch()
+    _atomic_json(parts / "progress.json", {"meta": meta, "rows_done": 0})
+    return 0
+
+
+def final_size(n_rows: int, widths: dict[str, int]) -> int:
+    """A bound on a finished file's size: the arrays, plus HDF5's metadata (chunk indexes, attributes)."""
+    data = n_rows * (4 * sum(widths.values()) + 16)
+    return data + data // 64 + (64 << 10)
+
+
+def _check_space(out: Path, n_rows: int, start: int, widths: dict[str, int]) -> None:
+    """Before any work: room on the disk for the rest of the parts and the finished file, and a
+    file size limit (``ulimit -f``) that lets the finished file be written. HDF5 does not survive
+    a failed write (it leaves an unreadable file and may crash on close), so it must not run into one."""
+    final = final_size(n_rows, widths)
+    need = (n_rows - start) * 4 * sum(widths.values()) + final
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise BenchError(f"{out} needs about {need / 2**20:.1f} MiB more in {out.parent}, but {free / 2**20:.1f} "
+                         "MiB are free; free space or choose another --out (or $BENCH_CACHE)")
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return
+    if limit != resource.RLIM_INFINITY and limit < final:
+        raise BenchError(f"{out} will be about {final / 2**20:.1f} MiB, over this shell's file size limit of "
+                         f"{limit / 2**20:.1f} MiB (ulimit -f); raise it or use --limit")
+
+
+def _close(files) -> None:
+    """Close the layer files, quietly: after a failed write, closing retries the buffered bytes
+    and fails again, and what they hold is past the progress count anyway."""
+    for f in files:
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
+def _write_error(e: OSError, where: Path, rows: int, n: int) -> BenchError:
+    return BenchError(f"writing {where} failed ({e.strerror or e}) with {rows} of {n} rows kept; free space "
+                      "(or fix the folder) and rerun the same command to resume")
 
 
 def write_activations(
@@ -198,70 +372,105 @@ def write_activations(
 ) -> tuple[ActivationFile, str]:
     """Fill ``out`` from ``batches(start) -> iterator of (start, end, {layer: array})``.
 
-    Returns the opened file and what happened: "reused", "resumed at row K" or "extracted".
+    Returns the opened file and what happened: "reused", "resumed at row K", "extracted", or
+    "extracted again (why)" when a file with the same identity was damaged.
     """
-    import h5py
-
     out = Path(out)
     if out.exists():
-        a = _read_attrs(out)
-        if a["identity"] != identity:
-            raise BenchError(f"{out} holds other activations ({_identity_diff(a['identity'], identity)}); "
-                             "choose another --out or delete it")
-        return open_activations(out), "reused"
-
-    partial = out.with_name(out.name + ".partial")
-    start = 0
-    if partial.exists():
-        try:
-            a = _read_attrs(partial)
-            if (a["identity"] == identity and int(a.get("batch_size", -1)) == batch_size
-                    and set(widths) <= set(a["_layers_present"])):
-                start = int(a["rows_done"])
-            else:
-                log(f"discarding {partial}: it was made by another configuration")
-                partial.unlink()
-        except BenchError:
-            log(f"discarding unreadable {partial}")
-            partial.unlink()
+        act, _ = _reusable(out, identity)
+        if act is not None:
+            return act, "reused"
     out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "extracting", log):
+        again = ""
+        if out.exists():  # finished by another process while this one waited, or damaged
+            act, again = _reusable(out, identity)
+            if act is not None:
+                return act, "reused"
+            log(f"extracting {out} again: {again}")
+            out.unlink()
+        parts = parts_dir(out)
+        meta = {"identity": identity, "batch_size": batch_size, "n_rows": n_rows, "widths": widths}
+        start = _resume_point(parts, meta, widths, log)
+        _check_space(out, n_rows, start or 0, widths)
+        if start is None:
+            start = _fresh_parts(parts, meta, widths)
+        if progress is not None:
+            progress.advance(start)
+        files = [open(parts / f"{i:03d}.f32", "ab") for i in range(len(widths))]  # noqa: SIM115
+        done = start
+        try:
+            for b_start, b_end, feats in batches(start):
+                for (layer, w), f in zip(widths.items(), files, strict=True):
+                    arr = np.ascontiguousarray(feats[layer], dtype=np.float32).reshape(b_end - b_start, w)
+                    row = _first_nonfinite(arr)
+                    if row is not None:
+                        raise NonFinite(
+                            f"the backbone gave non-finite activations (NaN or inf) in layer {layer} at row "
+                            f"{b_start + row} (dataset index {int(indices[b_start + row])}); check its weights "
+                            "and inputs — nothing was kept")
+                    f.write(memoryview(arr).cast("B"))
+                for f in files:
+                    f.flush()
+                _atomic_json(parts / "progress.json", {"meta": meta, "rows_done": b_end})
+                done = b_end
+                if progress is not None:
+                    progress.advance(b_end - b_start)
+        except NonFinite:
+            _close(files)
+            shutil.rmtree(parts)
+            raise
+        except OSError as e:
+            _close(files)
+            raise _write_error(e, parts, done, n_rows) from None
+        _close(files)
+        _assemble(out, parts, identity, provenance, n_rows, labels, indices, widths, batch_size)
+        shutil.rmtree(parts)
+    act = open_activations(out)
+    status = f"resumed at row {start}" if start else "extracted"
+    return act, (f"extracted again ({again})" if again else status)
 
-    mode = "a" if start > 0 else "w"  # with no finished batch there is nothing worth keeping
-    with h5py.File(partial, mode) as f:
-        if mode == "w":
+
+def _assemble(out: Path, parts: Path, identity: dict, provenance: dict, n_rows: int, labels: np.ndarray,
+              indices: np.ndarray, widths: dict[str, int], batch_size: int) -> None:
+    """Write the HDF5 file from the parts in one streaming pass that also computes the checksums;
+    ``out`` appears only whole. A failed write leaves the parts, so a rerun starts here again."""
+    import h5py
+
+    tmp = out.with_name(out.name + ".tmp")
+    checksums = {}
+    try:
+        with h5py.File(tmp, "w") as f:
             f.attrs.update({
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "identity": json.dumps(identity, sort_keys=True),
                 "provenance": json.dumps(provenance, sort_keys=True, default=str),
                 "n_rows": n_rows,
-                "rows_done": 0,
+                "rows_done": n_rows,
                 "batch_size": batch_size,
                 "complete": False,
             })
-            f.create_dataset("labels", data=labels.astype(np.int64))
-            f.create_dataset("indices", data=indices.astype(np.int64))
+            for name, arr in (("labels", labels), ("indices", indices)):
+                arr = np.ascontiguousarray(arr, dtype=np.int64)
+                f.create_dataset(name, data=arr)
+                checksums[name] = _hasher(arr.dtype, arr.shape)
+                checksums[name].update(arr)
             g = f.create_group("layers")
-            for layer, d in widths.items():
-                rows = int(max(1, min(n_rows, (1 << 20) // (4 * max(d, 1)))))
-                g.create_dataset(layer, shape=(0, d), maxshape=(None, d), dtype="float32", chunks=(rows, d))
-            f.flush()
-        g = f["layers"]
-        # A kill between a resize and the rows_done update can leave extra rows: drop them.
-        for layer in widths:
-            if g[layer].shape[0] != start:
-                g[layer].resize(start, axis=0)
-        if progress is not None:
-            progress.advance(start)
-        for b_start, b_end, feats in batches(start):
-            for layer, arr in feats.items():
-                ds = g[layer]
-                ds.resize(b_end, axis=0)
-                ds[b_start:b_end] = arr
-            f.attrs["rows_done"] = b_end
-            f.flush()
-            if progress is not None:
-                progress.advance(b_end - b_start)
-        f.attrs["complete"] = True
-    os.replace(partial, out)
-    return open_activations(out), (f"resumed at row {start}" if start else "extracted")
+            for i, (layer, d) in enumerate(widths.items()):
+                chunk = int(max(1, min(n_rows, (1 << 20) // (4 * max(d, 1)))))
+                ds = g.create_dataset(layer, shape=(n_rows, d), dtype="float32", chunks=(chunk, d))
+                h = checksums[f"layers/{layer}"] = _hasher(np.float32, (n_rows, d))
+                rows = _block_rows(d)
+                with open(parts / f"{i:03d}.f32", "rb") as src:
+                    for s in range(0, n_rows, rows):
+                        block = np.fromfile(src, dtype=np.float32, count=min(rows, n_rows - s) * d).reshape(-1, d)
+                        ds[s : s + len(block)] = block
+                        h.update(block)
+            f.attrs["checksums"] = json.dumps({k: h.hexdigest() for k, h in checksums.items()}, sort_keys=True)
+            f.attrs["complete"] = True
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as e:  # h5py raises RuntimeError for some failed writes
+        tmp.unlink(missing_ok=True)
+        raise _write_error(e if isinstance(e, OSError) else OSError(str(e).split("(")[0].strip()), out, n_rows,
+                           n_rows) from None

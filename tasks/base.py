@@ -82,6 +82,7 @@ class Task:
     description: ClassVar[str] = ""
     reads: ClassVar[str] = "activations"  # or "model"
     requires_generative: ClassVar[bool] = False
+    needs_classes: ClassVar[bool] = False  # it tells classes apart: a train split of one class is an error
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     options: ClassVar[dict[str, Option]] = {}
     columns: ClassVar[dict[tuple[str, str], str]] = {}  # (split, metric) -> run-table header

@@ -31,6 +31,7 @@ MIN_POINTS = 3
 
 class Correlation(Task):
     name = "correlation"
+    needs_classes = True
     description = "study over checkpoints: sample quality vs best-layer probe accuracy (Pearson, Spearman, CIs)"
     reads = "model"
     requires_generative = True

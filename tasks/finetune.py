@@ -89,6 +89,7 @@ def _gen_weight(text: str):
 
 class Finetune(Task):
     name = "finetune"
+    needs_classes = True
     description = "fine-tune the whole backbone + a linear head (iGPT: + generative loss); val-chosen epoch, top-1"
     reads = "model"
     splits = ("train", "val", "test")

@@ -109,6 +109,7 @@ def knn_predict(train, train_labels, queries, ks, temperature: float = 0.07, blo
 
 class KNN(Task):
     name = "knn"
+    needs_classes = True
     description = "cosine k-nearest-neighbour vote (exp(sim/T) weights, as in DINO); k chosen on val; top-1"
     splits = ("train", "val", "test")
     options = {

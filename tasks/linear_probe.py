@@ -235,6 +235,7 @@ def window_around(layers: list[str], best: str, size: int) -> list[str]:
 
 class LinearProbe(Task):
     name = "linear-probe"
+    needs_classes = True
     description = "per-layer logistic regression; L2 strength chosen on val, refit on train+val; top-1"
     splits = ("train", "val", "test")
     options = {

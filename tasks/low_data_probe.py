@@ -148,6 +148,7 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
 
 class LowDataProbe(Task):
     name = "low-data-probe"
+    needs_classes = True
     description = "linear probe on k labelled train images per class, mean and std over seeded draws; top-1"
     splits = ("train", "val", "test")
     options = {

@@ -105,6 +105,10 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be a positive integer")
+    if not 0 <= cfg.seed <= 2**32 - 1:
+        raise BenchError(f"--seed must be an integer in 0..{2**32 - 1}, got {cfg.seed}")
+    if cfg.image_size is not None and not 1 <= cfg.image_size <= 128:
+        raise BenchError(f"--image-size must lie in 1..128 for pretraining (tokens = size²), got {cfg.image_size}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise BenchError(f"--lr must be a positive number, got {cfg.lr}")
     if cfg.precision not in PRECISIONS:

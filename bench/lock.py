@@ -1,0 +1,98 @@
+"""One writer at a time for a shared file: the activation cache and the results folder.
+
+Any number of `bench` processes may share a cache and a results folder. Before a process makes a
+file that others may also be making (an activation file, a results file), it takes the file's
+lock; the others wait, and when they get the lock they find the file finished and reuse it.
+
+The lock is ``fcntl.flock`` on a hidden file beside the target, ``<folder>/.<name>.lock``, written by hand (some twenty
+lines) because no library we depend on says who holds a lock:
+
+- the kernel drops a flock when its holder exits, however it exits (SIGKILL, OOM, power loss of
+  the process), so there is no stale lock to detect or break on one host; on NFS, Linux maps flock
+  to the server's byte-range locks, which the server recovers when a client host dies;
+- the holder writes its host, pid and start time into the lock file, so a waiting process can say
+  whom it waits for;
+- HDF5's own file locking was not enough: it fails at once rather than waiting (the "unable to
+  lock file" users met), and it guards one open file, not the partial file -> finished file
+  sequence a writer goes through;
+- the holder deletes the lock file as it lets go, so none stay behind; a process that was waiting
+  on the deleted file sees (by its inode) that its lock is on a file no longer in place, and
+  takes the lock anew on the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def holder(path: str | Path) -> str:
+    """Who holds (or last held) the lock of ``path``: 'pid P on host H since T', or 'another process'."""
+    try:
+        info = json.loads(lock_path(path).read_text() or "{}")
+        return f"pid {info['pid']} on host {info['host']} (since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextmanager
+def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 30.0):
+    """Hold the lock of ``path`` for the block; wait (logging every ``poll`` seconds whom for)
+    while another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock, as before this module existed
+        yield
+        return
+    lp = lock_path(path)
+    try:
+        lp.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create {lp.parent} ({e.strerror or e}); choose another folder") from None
+    waited = None
+    while True:
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)  # the mode follows the umask
+        except OSError as e:
+            raise BenchError(f"cannot create the lock file {lp} ({e.strerror or e}); make its folder writable "
+                             "or choose another folder") from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waited is None or waited >= poll:
+                        log(f"waiting for {holder(path)}, which is {what} {path}")
+                        waited = 0.0
+                    time.sleep(0.2)
+                    waited += 0.2
+            # The holder before us unlinks the file as it lets go: a lock on that old file is no lock.
+            if os.fstat(fd).st_ino == os.stat(lp).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        stamp = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp.encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(lp)  # still holding the lock: nobody can have taken this file since
+        except OSError:
+            pass
+        os.close(fd)  # closing the descriptor releases the lock
