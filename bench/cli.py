@@ -71,7 +71,7 @@ def precision_option(f):
 
 
 def runtime_options(f):
-    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
+    @click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=256, show_default=True, help="Images per forward pass.")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
     @functools.wraps(f)
     def wrapper(*args, device, **kw):
@@ -469,7 +469,7 @@ def _int_list(ctx, param, value):
 @click.option("--backbone", "-b", required=True, help="iGPT shape to train: igpt-tiny, igpt-mini, igpt-wide, igpt-s, ...")
 @data_options
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Optimizer steps in all.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per step (over all processes).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=32, show_default=True, help="Images per step (over all processes).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW, betas 0.9/0.95).")
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True, help="Linear warm-up steps before the cosine decay.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on matrices and embeddings.")
@@ -577,7 +577,7 @@ def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, l
 @click.option("--backbone", "-b", default="igpt-wide", show_default=True, help="iGPT shape to time.")
 @click.option("--image-size", type=click.IntRange(min=1, max=64), default=14, show_default=True, help="Square image size (tokens = size²).")
 @click.option("--colors", type=click.IntRange(min=2), default=16, show_default=True, help="Palette size.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per step.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=16, show_default=True, help="Images per step.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps of each precision.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--compile", "compile_", is_flag=True, help="Also time both precisions through torch.compile.")
@@ -707,6 +707,12 @@ def global_flags_first(argv: list[str]) -> list[str]:
     return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
 
 
+def one_line(text: str) -> str:
+    """An error message as one line: control characters a user's value brought in (a newline in a
+    path) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv=None) -> None:
     """Entry point: one-line errors with exit code 2, tracebacks only with --debug."""
     argv = global_flags_first(list(sys.argv[1:] if argv is None else argv))
@@ -718,30 +724,41 @@ def main(argv=None) -> None:
         click.echo(cli.get_help(click.Context(cli, info_name="bench")))
         sys.exit(0)
     try:
+        if any("\x00" in a for a in argv):
+            raise BenchError("an argument holds a NUL character, which no path or value may; retype it")
         rv = cli.main(args=argv, prog_name="bench", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except BenchError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.UsageError as e:
         if debug:
             raise
         where = f"`{e.ctx.command_path} --help`" if e.ctx else "`bench --help`"
-        click.echo(f"error: {e.format_message()} (see {where})", err=True)
+        click.echo(f"error: {one_line(e.format_message())} (see {where})", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:
+        if debug or e.filename is None:  # not about a path the user gave: a bug, with its traceback
+            raise
+        # A path the checks before the work did not foresee (a name too long, a permission, a full
+        # disk): the system's words about that path, as a user error.
+        click.echo(one_line(f"error: {e.filename}: {e.strerror or e}; check the path, its permissions and free "
+                            "space"), err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence
         if debug:
             raise
-        click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        click.echo(one_line(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)"),
+                   err=True)
         sys.exit(1)
 

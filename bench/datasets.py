@@ -250,6 +250,8 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
         labels = np.asarray(d[label_key], dtype=np.int64)
     except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
         raise BenchError(f"{path} is not a CIFAR python batch ({e}); download it again") from None
+    if len(data) != len(labels):
+        raise BenchError(f"{path}: {len(data)} images but {len(labels)} labels; download it again")
     return data, labels
 
 

@@ -59,12 +59,12 @@ def results_path(results_dir: str | Path, backbone: str, weights_label: str | No
 
 def finished_run(path: Path, identity: dict) -> list[dict] | None:
     """The records of ``path`` when it holds a finished run with this identity, else None."""
-    if not Path(path).is_file():
-        return None
     try:
+        if not Path(path).is_file():
+            return None
         doc = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+        return None  # unreadable (or an impossible name, which check_writable words)
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         return None
     run = doc.get("run") or {}
@@ -168,6 +168,9 @@ def collect(paths) -> list[Path]:
             files += sorted(q for q in p.rglob("*.json") if _looks_like_results(q))
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise BenchError(f"{p} is not a results file or folder (a device or other special file); "
+                             "pass results files or folders")
         else:
             raise BenchError(f"{p} does not exist; pass results files or folders")
     if not files:

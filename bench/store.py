@@ -91,17 +91,29 @@ def find_superset(identity: dict, cache_dir: Path | None = None, log=lambda msg:
     return None
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_writable(path: Path, what: str = "--out") -> None:
     """Fail early, before any work, if ``path`` cannot be created (probes with a temporary file
     in the nearest existing folder, so it also holds for root and read-only mounts)."""
     import tempfile
 
     path = Path(path)
+    try:
+        name_max = os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    # The longest name made beside it: the lock file ``.<name>.lock`` (and ``<name>.parts``).
+    if len(path.name.encode()) + 6 > name_max:
+        raise BenchError(f"the file name {path.name[:40]}... is too long ({len(path.name.encode())} bytes; this "
+                         f"folder allows {name_max - 6} for it); choose a shorter {what}")
     if path.is_dir():
         raise BenchError(f"{path} is a folder; give {what} a file name")
-    existing = path.parent
-    while not existing.exists():
-        existing = existing.parent
+    existing = _nearest_existing(path.parent)
     if not existing.is_dir():
         raise BenchError(f"cannot write {path}: {existing} is a file, not a folder; choose another {what}")
     try:
