@@ -245,7 +245,8 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
     """Export pooled layer activations of a backbone on one split to HDF5.
 
     Reuses a finished file with the same inputs, resumes an interrupted one, and refuses a file
-    made by something else.
+    made by something else. Under `torchrun --nproc_per_node K` each process extracts a share of
+    the rows and the first writes the one file.
 
     \b
     Example:
@@ -256,7 +257,8 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
     acts = api.extract(backbone, dataset, split, layers=layers, weights=backbone_options.weights,
                        pretrained=backbone_options.pretrained, image_size=backbone_options.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
                        batch_size=batch_size, device=device, precision=precision, quiet=_quiet(ctx), log=_log(ctx))
-    click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -10,7 +10,16 @@ from backbones.base import Backbone
 from bench.datasets import SplitData
 from bench.provenance import git_commit, now, versions
 from bench.runtime import progress_bar
-from bench.store import ActivationFile, cache_path, check_writable, find_superset, write_activations
+from bench.store import (
+    ActivationFile,
+    Group,
+    cache_path,
+    check_writable,
+    find_superset,
+    open_activations,
+    shard_rows,
+    write_activations,
+)
 
 
 def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int,
@@ -48,13 +57,16 @@ def extract(
 ) -> tuple[ActivationFile, str]:
     """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default).
     ``precision``: fp32, or bf16 (autocast around the forward; stored as float32)."""
-    from bench.runtime import autocast_for, resolve_precision
+    from bench.runtime import autocast_for, join_processes, resolve_precision
 
     precision = resolve_precision(precision, device)
+    rank, world, device, _ = join_processes(device)  # under torchrun each rank extracts a shard of rows
     layers = backbone.check_layers(layers)
     ident = identity_of(backbone, data, layers, limit, seed, precision)
     if not out:
-        reusable = find_superset(ident, cache_dir, log)
+        found = find_superset(ident, cache_dir, log) if rank == 0 else None
+        shared = Group(rank, world).share(found.path if found else None)  # rank 0 decides for all
+        reusable = found or (open_activations(shared) if shared else None)
         if reusable is not None:
             more = set(reusable.layers) > set(layers)
             return reusable, "reused (a cached file with more layers)" if more else "reused"
@@ -75,19 +87,23 @@ def extract(
     backbone.to(device)
     n = len(data)
 
-    def batches(start: int):
+    def batches(start: int, stop: int):
         import torch
 
-        for begin in range(start, n, batch_size):
-            end = min(begin + batch_size, n)
+        for begin in range(start, stop, batch_size):
+            end = min(begin + batch_size, stop)
             # The extraction step owns inference mode: backbones' features() stay differentiable.
             with torch.inference_mode(), autocast_for(precision, device):
                 feats = backbone.features(backbone.preprocess(data.images[begin:end]), layers)
             yield begin, end, {layer: np.asarray(feats[layer].cpu().float().numpy(), dtype=np.float32)
                                for layer in layers}
 
-    with progress_bar(f"extract {backbone.name} {data.info['dataset']}/{data.info['split']}", n, quiet) as bar:
+    lo, hi = shard_rows(n, batch_size, rank, world)
+    shard = f" (rows {lo}-{hi} of {n}, rank {rank} of {world})" if world > 1 else ""
+    with progress_bar(f"extract {backbone.name} {data.info['dataset']}/{data.info['split']}{shard}", hi - lo,
+                      quiet or rank != 0) as bar:
         return write_activations(
             path, ident, provenance, n, data.labels, data.indices, {layer: widths[layer] for layer in layers},
-            batches, batch_size=batch_size, progress=bar, log=log,
+            batches, batch_size=batch_size, progress=bar, log=log if rank == 0 else (lambda msg: None),
+            rank=rank, world=world,
         )

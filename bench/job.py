@@ -8,7 +8,6 @@ many jobs live in ``bench.sweep``; the Python API in ``bench.api``.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from bench.lock import exclusive
 from bench.provenance import git_commit, now, versions
 from bench.records import finished_run, result_identity, results_path, run_id, write_results
 from bench.registry import TASKS
-from bench.store import check_writable
+from bench.runtime import join_processes
+from bench.store import Group, check_writable
 from tasks.base import RunContext, Task
 
 
@@ -103,25 +103,27 @@ def run_job(job: Job, settings: Settings) -> Outcome:
         task=job.task, options=options, layers=layers, seed=settings.seed, limit=settings.limit, tag=settings.tag,
         precision=precision)
     out = results_path(settings.results_dir, backbone.name, weights_label(backbone), identity)
-    if not settings.rerun:
-        done = finished_run(out, identity)
-        if done is not None:
-            log(f"skipped (done already; --rerun to redo): {out}")
-            return Outcome(job, "skipped", out, done, task)
+    # Under torchrun rank 0 decides whether to skip, and tells the others (who must reach the
+    # same collectives); it alone takes the lock below.
+    rank, world, _, _ = join_processes(settings.device)
+    group = Group(rank, world)
+    done = group.share(finished_run(out, identity) if rank == 0 and not settings.rerun else None)
+    if done is not None:
+        log(f"skipped (done already; --rerun to redo): {out}")
+        return Outcome(job, "skipped", out, done, task)
     check_writable(out, "--results folder")
     # One process computes a given result; another asked for the same waits, then reuses the file.
-    # Under torchrun only rank 0 takes the lock (the others must reach the same collectives).
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    with exclusive(out, "computing", log) if rank0 else contextlib.nullcontext():
-        if not settings.rerun:
-            done = finished_run(out, identity)
-            if done is not None:
-                log(f"skipped (another process finished it while this one waited): {out}")
-                return Outcome(job, "skipped", out, done, task)
-        return _compute(job, settings, task, options, splits, data, backbone, layers, precision, identity, out, t0)
+    with exclusive(out, "computing", log) if rank == 0 else contextlib.nullcontext():
+        done = group.share(finished_run(out, identity) if rank == 0 and not settings.rerun else None)
+        if done is not None:
+            log(f"skipped (another process finished it while this one waited): {out}")
+            return Outcome(job, "skipped", out, done, task)
+        return _compute(job, settings, task, options, splits, data, backbone, layers, precision, identity, out, t0,
+                        rank)
 
 
-def _compute(job, settings, task, options, splits, data, backbone, layers, precision, identity, out, t0) -> Outcome:
+def _compute(job, settings, task, options, splits, data, backbone, layers, precision, identity, out, t0,
+             rank) -> Outcome:
     log = settings.log or (lambda msg: None)
     ctx = RunContext(backbone=backbone, layers=layers, options=options, seed=settings.seed,
                      device=settings.device, dataset=job.dataset, data=data, artifacts=out.with_suffix(""),
@@ -138,12 +140,15 @@ def _compute(job, settings, task, options, splits, data, backbone, layers, preci
                 precision=precision, quiet=settings.quiet, log=log)
             log(f"{split}: {cache[split]} {ctx.acts[split].path}")
     t_inputs = time.time() - t0
+    if rank != 0 and task.reads == "activations":
+        # Under torchrun the ranks shared the extraction; a probe of the features is rank 0's.
+        return Outcome(job, "ran", out, [], task)
     raw = task.run(ctx)
     if not raw:
         raise BenchError(f"task {job.task!r} produced no results")
     records, run_info = _stamp(job, settings, backbone, identity, layers, options, data, ctx.acts, cache, raw)
     run_info["seconds"] = {"inputs": round(t_inputs, 3), "total": round(time.time() - t0, 3)}
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the results file
+    if rank != 0:  # under torchrun, rank 0 writes the results file
         return Outcome(job, "ran", out, [dict(r, file=str(out)) for r in records], task)
     path = write_results(out, run_info, records)
     return Outcome(job, "ran", path, [dict(r, file=str(path)) for r in records], task)

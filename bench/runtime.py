@@ -21,6 +21,27 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def join_processes(device: str) -> tuple[int, int, str, bool]:
+    """Under ``torchrun``: (rank, world size, this process's device, whether this call started the
+    process group). The group is started once per process, gloo on CPUs and NCCL on GPUs, where
+    each rank takes the GPU of its LOCAL_RANK. Outside torchrun: (0, 1, device, False)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world == 1:
+        return 0, 1, device, False
+    import torch
+    import torch.distributed as dist
+
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        started = True
+    if str(device).startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    return rank, world, device, started
+
+
 def autocast_for(precision: str, device: str):
     """The autocast context of a forward pass: bf16 for ``bf16``, and for ``auto`` on a GPU; none
     otherwise (fp32). Weights stay fp32 either way."""

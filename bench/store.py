@@ -27,6 +27,7 @@ extracted again).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -286,6 +287,18 @@ def parts_dir(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + ".parts")
 
 
+def shard_rows(n_rows: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows [lo, hi) of rank ``rank`` of ``world``: whole batches, so every batch holds the rows it
+    holds in a single process (and gives the same numbers)."""
+    batches = -(-n_rows // batch_size)
+    lo, hi = batches * rank // world, batches * (rank + 1) // world
+    return min(lo * batch_size, n_rows), min(hi * batch_size, n_rows)
+
+
+def _shard_dir(parts: Path, rank: int, world: int) -> Path:
+    return parts / f"shard-{rank}-of-{world}"
+
+
 def _atomic_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -293,37 +306,45 @@ def _atomic_json(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _resume_point(parts: Path, meta: dict, widths: dict[str, int], log) -> int | None:
-    """Rows already in ``parts`` for this ``meta``, its layer files cut back to them; None (and
-    no parts left) when there are none to resume."""
-    legacy = parts.with_name(parts.name.removesuffix(".parts") + ".partial")
+def _progress(shard: Path, meta: dict) -> int | None:
+    """Rows done in ``shard`` if it was made for ``meta`` and its layer files hold them, else None."""
+    try:
+        progress = json.loads((shard / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(progress, dict) or progress.get("meta") != meta:
+        return None
+    done = int(progress.get("rows_done", 0))
+    for i, w in enumerate(meta["widths"].values()):
+        f = shard / f"{i:03d}.f32"
+        if not f.is_file() or f.stat().st_size < (done - meta["rows"][0]) * w * 4:
+            return None
+    return done
+
+
+def _prepare_parts(out: Path, meta: dict, world: int, log) -> int:
+    """Rank 0, holding the lock: leave only shards this run can resume, and say how many rows
+    they hold (what the space check need not count again)."""
+    parts = parts_dir(out)
+    legacy = out.with_name(out.name + ".partial")
     if legacy.exists():  # the single-file partials of igpt-bench before the parts folders
         log(f"discarding {legacy}: a partial file of an older igpt-bench")
         legacy.unlink()
-    if not parts.exists():
-        return None
-    try:
-        progress = json.loads((parts / "progress.json").read_text())
-    except (OSError, ValueError):
-        progress = {}
-    start = int(progress.get("rows_done", 0)) if progress.get("meta") == meta else -1
-    files = [parts / f"{i:03d}.f32" for i in range(len(widths))]
-    if start >= 0 and all(f.is_file() and f.stat().st_size >= start * w * 4
-                          for f, w in zip(files, widths.values(), strict=True)):
-        for f, w in zip(files, widths.values(), strict=True):
-            os.truncate(f, start * w * 4)  # rows written after the last progress update
-        return start
-    log(f"discarding {parts}: it was made by another configuration or is damaged")
-    shutil.rmtree(parts)
-    return None
-
-
-def _fresh_parts(parts: Path, meta: dict, widths: dict[str, int]) -> int:
-    parts.mkdir(parents=True)
-    for i in range(len(widths)):
-        (parts / f"{i:03d}.f32").touch()
-    _atomic_json(parts / "progress.json", {"meta": meta, "rows_done": 0})
-    return 0
+    if not parts.is_dir():
+        return 0
+    done = 0
+    keep = set()
+    for rank in range(world):
+        lo, hi = shard_rows(meta["n_rows"], meta["batch_size"], rank, world)
+        rows = _progress(_shard_dir(parts, rank, world), dict(meta, rows=[lo, hi]))
+        if rows is not None:
+            keep.add(_shard_dir(parts, rank, world).name)
+            done += rows - lo
+    for p in parts.iterdir():
+        if p.name not in keep:
+            log(f"discarding {p}: it was made by another configuration or number of processes, or is damaged")
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return done
 
 
 def final_size(n_rows: int, widths: dict[str, int]) -> int:
@@ -368,6 +389,78 @@ def _write_error(e: OSError, where: Path, rows: int, n: int) -> BenchError:
                       "(or fix the folder) and rerun the same command to resume")
 
 
+def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, indices: np.ndarray,
+                   progress) -> int:
+    """Fill ``shard`` with rows ``meta["rows"]``, resuming after the rows its progress file
+    counts; returns where it started. Each batch's rows are appended to one raw float32 file per
+    layer, then the progress file is replaced (atomically) with the new count, so the counted rows
+    are always on disk whole."""
+    lo, hi = meta["rows"]
+    start = _progress(shard, meta)
+    if start is None:
+        if shard.exists():
+            shutil.rmtree(shard)
+        shard.mkdir(parents=True)
+        for i in range(len(widths)):
+            (shard / f"{i:03d}.f32").touch()
+        _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": lo})
+        start = lo
+    for i, w in enumerate(widths.values()):
+        os.truncate(shard / f"{i:03d}.f32", (start - lo) * w * 4)  # rows past the last count
+    if progress is not None:
+        progress.advance(start - lo)
+    files = [open(shard / f"{i:03d}.f32", "ab") for i in range(len(widths))]  # noqa: SIM115
+    done = start
+    try:
+        for b_start, b_end, feats in batches(start, hi):
+            for (layer, w), f in zip(widths.items(), files, strict=True):
+                arr = np.ascontiguousarray(feats[layer], dtype=np.float32).reshape(b_end - b_start, w)
+                row = _first_nonfinite(arr)
+                if row is not None:
+                    raise NonFinite(
+                        f"the backbone gave non-finite activations (NaN or inf) in layer {layer} at row "
+                        f"{b_start + row} (dataset index {int(indices[b_start + row])}); check its weights "
+                        "and inputs — nothing was kept")
+                f.write(memoryview(arr).cast("B"))
+            for f in files:
+                f.flush()
+            _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": b_end})
+            done = b_end
+            if progress is not None:
+                progress.advance(b_end - b_start)
+    except NonFinite:
+        _close(files)
+        shutil.rmtree(shard.parent)
+        raise
+    except OSError as e:
+        _close(files)
+        raise _write_error(e, shard, done - lo, hi - lo) from None
+    _close(files)
+    return start
+
+
+class Group:
+    """The processes of a torchrun launch as the writer sees them: rank 0 decides and tells."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+
+    def share(self, obj):
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 def write_activations(
     out: Path,
     identity: dict,
@@ -381,72 +474,78 @@ def write_activations(
     batch_size: int,
     progress=None,
     log=lambda msg: None,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[ActivationFile, str]:
-    """Fill ``out`` from ``batches(start) -> iterator of (start, end, {layer: array})``.
+    """Fill ``out`` from ``batches(start, end) -> iterator of (start, end, {layer: array})``.
 
+    Under torchrun (``world`` > 1, the process group started) every rank calls this: each
+    extracts its shard of rows (``shard_rows``) into ``<out>.parts/shard-<rank>-of-<world>/``, and
+    rank 0, which holds the lock meanwhile, writes the one file from the shards in rank order.
     Returns the opened file and what happened: "reused", "resumed at row K", "extracted", or
     "extracted again (why)" when a file with the same identity was damaged.
     """
     out = Path(out)
-    if out.exists():
+    group = Group(rank, world)
+    act = None
+    if rank == 0 and out.exists():
         act, _ = _reusable(out, identity)
-        if act is not None:
-            return act, "reused"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(out, "extracting", log):
-        again = ""
-        if out.exists():  # finished by another process while this one waited, or damaged
-            act, again = _reusable(out, identity)
-            if act is not None:
-                return act, "reused"
-            log(f"extracting {out} again: {again}")
-            out.unlink()
-        parts = parts_dir(out)
-        meta = {"identity": identity, "batch_size": batch_size, "n_rows": n_rows, "widths": widths}
-        start = _resume_point(parts, meta, widths, log)
-        _check_space(out, n_rows, start or 0, widths)
-        if start is None:
-            start = _fresh_parts(parts, meta, widths)
-        if progress is not None:
-            progress.advance(start)
-        files = [open(parts / f"{i:03d}.f32", "ab") for i in range(len(widths))]  # noqa: SIM115
-        done = start
-        try:
-            for b_start, b_end, feats in batches(start):
-                for (layer, w), f in zip(widths.items(), files, strict=True):
-                    arr = np.ascontiguousarray(feats[layer], dtype=np.float32).reshape(b_end - b_start, w)
-                    row = _first_nonfinite(arr)
-                    if row is not None:
-                        raise NonFinite(
-                            f"the backbone gave non-finite activations (NaN or inf) in layer {layer} at row "
-                            f"{b_start + row} (dataset index {int(indices[b_start + row])}); check its weights "
-                            "and inputs — nothing was kept")
-                    f.write(memoryview(arr).cast("B"))
-                for f in files:
-                    f.flush()
-                _atomic_json(parts / "progress.json", {"meta": meta, "rows_done": b_end})
-                done = b_end
-                if progress is not None:
-                    progress.advance(b_end - b_start)
-        except NonFinite:
-            _close(files)
-            shutil.rmtree(parts)
-            raise
-        except OSError as e:
-            _close(files)
-            raise _write_error(e, parts, done, n_rows) from None
-        _close(files)
-        _assemble(out, parts, identity, provenance, n_rows, labels, indices, widths, batch_size)
-        shutil.rmtree(parts)
+    if group.share(act is not None):
+        return (act or open_activations(out)), "reused"
+    if rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"identity": identity, "batch_size": batch_size, "n_rows": n_rows, "widths": widths}
+    parts = parts_dir(out)
+    with exclusive(out, "extracting", log) if rank == 0 else contextlib.nullcontext():
+        plan = None
+        if rank == 0:
+            plan = ("extract", "")
+            if out.exists():  # finished by another process while this one waited, or damaged
+                act, again = _reusable(out, identity)
+                if act is not None:
+                    plan = ("reuse", "")
+                else:
+                    log(f"extracting {out} again: {again}")
+                    out.unlink()
+                    plan = ("extract", again)
+            if plan[0] == "extract":
+                _check_space(out, n_rows, _prepare_parts(out, meta, world, log), widths)
+        kind, again = group.share(plan)
+        if kind == "extract":
+            lo, hi = shard_rows(n_rows, batch_size, rank, world)
+            start = _extract_shard(_shard_dir(parts, rank, world), dict(meta, rows=[lo, hi]), widths, batches,
+                                   indices, progress)
+            resumed = start > lo if world == 1 else _any(start > lo, world)
+            group.barrier()  # every shard is in
+            if rank == 0:
+                _assemble(out, [_shard_dir(parts, r, world) for r in range(world)], identity, provenance, n_rows,
+                          labels, indices, widths, batch_size)
+                shutil.rmtree(parts)
+            group.barrier()  # the file is in place
     act = open_activations(out)
-    status = f"resumed at row {start}" if start else "extracted"
-    return act, (f"extracted again ({again})" if again else status)
+    if kind == "reuse":
+        return act, "reused"
+    if again:
+        return act, f"extracted again ({again})"
+    return act, (f"resumed at row {start}" if world == 1 and resumed else
+                 "resumed (some shards)" if resumed else "extracted")
 
 
-def _assemble(out: Path, parts: Path, identity: dict, provenance: dict, n_rows: int, labels: np.ndarray,
+def _any(flag: bool, world: int) -> bool:
+    """Whether ``flag`` holds on any rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _assemble(out: Path, shards: list[Path], identity: dict, provenance: dict, n_rows: int, labels: np.ndarray,
               indices: np.ndarray, widths: dict[str, int], batch_size: int) -> None:
-    """Write the HDF5 file from the parts in one streaming pass that also computes the checksums;
-    ``out`` appears only whole. A failed write leaves the parts, so a rerun starts here again."""
+    """Write the HDF5 file from the shards (in row order) in one streaming pass that also computes
+    the checksums; ``out`` appears only whole. A failed write leaves the shards, so a rerun starts
+    here again."""
     import h5py
 
     tmp = out.with_name(out.name + ".tmp")
@@ -473,12 +572,19 @@ def _assemble(out: Path, parts: Path, identity: dict, provenance: dict, n_rows: 
                 chunk = int(max(1, min(n_rows, (1 << 20) // (4 * max(d, 1)))))
                 ds = g.create_dataset(layer, shape=(n_rows, d), dtype="float32", chunks=(chunk, d))
                 h = checksums[f"layers/{layer}"] = _hasher(np.float32, (n_rows, d))
-                rows = _block_rows(d)
-                with open(parts / f"{i:03d}.f32", "rb") as src:
-                    for s in range(0, n_rows, rows):
-                        block = np.fromfile(src, dtype=np.float32, count=min(rows, n_rows - s) * d).reshape(-1, d)
-                        ds[s : s + len(block)] = block
-                        h.update(block)
+                rows, at = _block_rows(d), 0
+                for shard in shards:
+                    with open(shard / f"{i:03d}.f32", "rb") as src:
+                        while True:
+                            block = np.fromfile(src, dtype=np.float32, count=rows * d).reshape(-1, d)
+                            if not len(block):
+                                break
+                            ds[at : at + len(block)] = block
+                            h.update(block)
+                            at += len(block)
+                if at != n_rows:
+                    raise DamagedFile(f"{parts_dir(out)} holds {at} of {n_rows} rows of {layer}; delete it and "
+                                      "extract again")
             f.attrs["checksums"] = json.dumps({k: h.hexdigest() for k, h in checksums.items()}, sort_keys=True)
             f.attrs["complete"] = True
         os.replace(tmp, out)
@@ -486,3 +592,6 @@ def _assemble(out: Path, parts: Path, identity: dict, provenance: dict, n_rows: 
         tmp.unlink(missing_ok=True)
         raise _write_error(e if isinstance(e, OSError) else OSError(str(e).split("(")[0].strip()), out, n_rows,
                            n_rows) from None
+    except DamagedFile:
+        tmp.unlink(missing_ok=True)
+        raise

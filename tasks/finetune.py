@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
+from bench.runtime import join_processes
 from tasks.base import Option, RunContext, Task, choice, nonnegative_int
 from tasks.linear_probe import binomial_se
 
@@ -287,14 +288,8 @@ class Finetuning:
         if folder is None:
             ctx.artifacts_dir()  # raises the runner's message
         self._check_settings(folder)
-        started_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.startswith("cuda") else "gloo")
-            started_group = True
-            if self.device.startswith("cuda"):
-                self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-                torch.cuda.set_device(self.device)
-                ctx.backbone.to(self.device)
+        _, _, self.device, started_group = join_processes(self.device)
+        ctx.backbone.to(self.device)
         backbone = ctx.backbone
         original = _cpu_state(backbone.module)
         try:

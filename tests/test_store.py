@@ -51,7 +51,7 @@ def test_sigkill_then_rerun_resumes_to_identical_arrays(tmp_path):
     rows = 0
     while time.time() < deadline and proc.poll() is None:
         try:
-            rows = json.loads((parts / "progress.json").read_text())["rows_done"]
+            rows = json.loads((parts / "shard-0-of-1" / "progress.json").read_text())["rows_done"]
         except (OSError, ValueError, KeyError):
             rows = 0
         if rows >= 64:
@@ -112,8 +112,8 @@ def test_stale_partial_in_the_cache_is_discarded_not_mixed(bench, isolated_cache
     assert bench(*args).code == 0
     (path,) = list(isolated_cache.rglob("*.h5"))
     # Forge the parts of another configuration beside it, then delete the finished one.
-    parts = path.with_name(path.name + ".parts")
-    parts.mkdir()
+    parts = path.with_name(path.name + ".parts") / "shard-0-of-1"
+    parts.mkdir(parents=True)
     ident = json.loads(h5py.File(path, "r").attrs["identity"])
     ident["fingerprint"] = "0" * 64
     (parts / "progress.json").write_text(json.dumps({"meta": {"identity": ident}, "rows_done": 5}))

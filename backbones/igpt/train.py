@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
-from bench.runtime import autocast_for
+from bench.runtime import autocast_for, join_processes
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
 from .model import IGPTConfig, ImageGPT, shape_config, with_sos
@@ -144,13 +143,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
             raise BenchError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                              "rerun with the same settings to resume, or choose another --out")
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
+    rank, world, device, _ = join_processes(device)
     if cfg.batch_size % world:
         raise BenchError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     main = rank == 0

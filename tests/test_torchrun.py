@@ -1,0 +1,98 @@
+"""Extraction scaled out with torchrun: each rank extracts a shard of rows, rank 0 writes the one
+file, equal to a single process's; a killed launch resumes its shards; `bench run` probes on rank 0."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+from bench.store import open_activations, shard_rows
+
+EXTRACT = ["-q", "extract", "-b", "resnet18", "-d", "digits", "--split", "train", "--limit", "300",
+           "--image-size", "32", "--batch-size", "32", "--device", "cpu"]
+
+
+def _torchrun(args, env, n=2):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                           "-m", "bench", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def _single(args, env):
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+def test_shards_are_whole_batches_covering_every_row_once():
+    for n, batch, world in [(300, 32, 2), (300, 32, 3), (5, 32, 2), (64, 32, 4), (1000, 7, 5)]:
+        bounds = [shard_rows(n, batch, r, world) for r in range(world)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        assert all(lo % batch == 0 for lo, _ in bounds)
+
+
+def test_two_gloo_processes_write_the_file_one_process_writes(tmp_path):
+    # One thread a process in both runs: the same GEMM code paths, so equal to the bit.
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_CACHE=str(tmp_path / "cache"))
+    r = _torchrun([*EXTRACT, "--out", str(tmp_path / "ddp.h5")], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("extracted:") == 1  # rank 0 reports
+    r = _single([*EXTRACT, "--out", str(tmp_path / "one.h5")], env)
+    assert r.returncode == 0, r.stderr
+    a, b = open_activations(tmp_path / "ddp.h5"), open_activations(tmp_path / "one.h5")
+    assert a.identity == b.identity and a.layers == b.layers
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    for layer in a.layers:
+        np.testing.assert_array_equal(a.read(layer), b.read(layer))
+    with h5py.File(a.path) as fa, h5py.File(b.path) as fb:
+        assert fa.attrs["checksums"] == fb.attrs["checksums"]
+    assert not (tmp_path / "ddp.h5.parts").exists()
+
+
+def test_a_killed_launch_resumes_its_shards(tmp_path):
+    """The shards a killed launch left (rank 1's finished, rank 0's half done, as a kill leaves
+    them) are resumed by the same command, and the file equals an uninterrupted one."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "a.h5"
+    assert _torchrun([*EXTRACT, "--out", str(out)], env).returncode == 0
+    ref = {layer: open_activations(out).read(layer) for layer in open_activations(out).layers}
+    # Rebuild the parts as the killed launch would have left them, from the finished file.
+    parts = tmp_path / "a.h5.parts"
+    n, batch = 300, 32
+    with h5py.File(out) as f:
+        identity = json.loads(f.attrs["identity"])
+        widths = {layer: f["layers"][layer].shape[1] for layer in identity["layers"]}
+        for rank, done in ((0, 64), (1, None)):
+            lo, hi = shard_rows(n, batch, rank, 2)
+            done = hi if done is None else done
+            shard = parts / f"shard-{rank}-of-2"
+            shard.mkdir(parents=True)
+            for i, layer in enumerate(widths):
+                rows = f["layers"][layer][lo:done]
+                # A torn batch past the count, as a kill during a write leaves.
+                (shard / f"{i:03d}.f32").write_bytes(rows.tobytes() + b"\x7f" * 100)
+            meta = {"identity": identity, "batch_size": batch, "n_rows": n, "widths": widths, "rows": [lo, hi]}
+            (shard / "progress.json").write_text(json.dumps({"meta": meta, "rows_done": done}))
+    out.unlink()
+    r = _torchrun([*EXTRACT, "--out", str(out)], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed" in r.stdout, r.stdout
+    act = open_activations(out)
+    for layer, x in ref.items():
+        np.testing.assert_array_equal(act.read(layer), x)
+    assert not parts.exists()
+
+
+def test_bench_run_under_torchrun_shards_extraction_and_probes_on_rank_0(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_CACHE=str(tmp_path / "cache"))
+    run = ["-q", "run", "-b", "pixels", "-t", "linear-probe", "-d", "digits", "-o", "l2_grid=1e-2", "--device", "cpu"]
+    r = _torchrun([*run, "--results", str(tmp_path / "ddp")], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r1 = _single([*run, "--results", str(tmp_path / "one"), "--rerun"], dict(env, BENCH_CACHE=str(tmp_path / "c1")))
+    assert r1.returncode == 0, r1.stderr
+    (a,), (b,) = (tmp_path / "ddp").glob("*.json"), (tmp_path / "one").glob("*.json")
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert [x["value"] for x in ra["records"]] == [x["value"] for x in rb["records"]]
