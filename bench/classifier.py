@@ -42,6 +42,8 @@ def to_input(images):
     import torch
     import torch.nn.functional as F
 
+    if not isinstance(images, (np.ndarray, torch.Tensor)):
+        images = np.asarray(images)  # lazily decoded images (an imagefolder)
     x = torch.as_tensor(images)
     if isinstance(images, np.ndarray):
         x = x.permute(0, 3, 1, 2)

@@ -37,7 +37,7 @@ TEST_FRACTION = 0.2  # only for datasets that publish no test split
 class SplitData:
     """One split, ready to feed a backbone. ``indices`` index the dataset's published split."""
 
-    images: np.ndarray  # uint8 (N, H, W, C)
+    images: np.ndarray  # uint8 (N, H, W, C), or FolderImages (decoded when indexed) for an imagefolder
     labels: np.ndarray  # int64 (N,)
     indices: np.ndarray  # int64 (N,)
     info: dict = field(default_factory=dict)  # provenance: files, carve-out, limit
@@ -198,7 +198,7 @@ def load_split(
         sub = _stratified_take(labels[pos], limit, seed)
         pos = pos[sub]
         info["limit"] = {"n": limit, "seed": seed, "size": int(len(pos))}
-    images = np.ascontiguousarray(images[pos])
+    images = images.take(pos) if isinstance(images, FolderImages) else np.ascontiguousarray(images[pos])
     return SplitData(images=images, labels=labels[pos].astype(np.int64), indices=pos.astype(np.int64), info=info)
 
 
@@ -391,8 +391,6 @@ class ImageFolder(Dataset):
         return sorted(p.name for p in base.iterdir() if p.is_dir())
 
     def read(self, split):
-        from PIL import Image
-
         classes = self.classes()
         if not classes:
             raise BenchError(f"dataset 'imagefolder': no class folders in {self._split_root('train')}")
@@ -407,23 +405,85 @@ class ImageFolder(Dataset):
                     labels.append(i)
         if not files:
             raise BenchError(f"dataset 'imagefolder': no .png/.jpg images under {self._split_root(split)}")
-        imgs = []
+        return FolderImages.scan(files), np.asarray(labels, dtype=np.int64)
+
+
+class FolderImages:
+    """The images of an imagefolder split, decoded only when indexed (a batch at a time), so a
+    folder of a million files is never in memory whole. ``scan`` reads every file once, in one
+    streaming pass, for its size (the most common one is the split's; others are resized and
+    center-cropped to it) and the sha256 of its bytes (what the split's data digest is made of).
+    Indexing with an int, a slice or an index array gives uint8 (n, H, W, 3) like a numpy array;
+    ``np.asarray`` decodes all of them."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, files: list[Path], hashes: list[bytes], size: tuple[int, int]):
+        self.files, self.hashes, self.size = files, hashes, size
+        self.shape = (len(files), size[1], size[0], 3)
+
+    @classmethod
+    def scan(cls, files: list[Path]) -> FolderImages:
+        import hashlib
+        import io
+
+        from PIL import Image
+
+        hashes, sizes = [], Counter()
         for p in files:
             try:
-                with Image.open(p) as im:  # reads the header only
-                    if im.width * im.height > MAX_PIXELS:
-                        raise BenchError(f"image {p} is {im.width}x{im.height}, over the {MAX_PIXELS:,}-pixel limit "
-                                         "of an imagefolder; downscale it or remove it")
-                    imgs.append(im.convert("RGB"))
+                data = p.read_bytes()
+                with Image.open(io.BytesIO(data)) as im:  # the header only
+                    size = im.size
             except (OSError, Image.DecompressionBombError) as e:
                 raise BenchError(f"cannot read image {p} ({e}); remove or replace it") from None
-        size = Counter(im.size for im in imgs).most_common(1)[0][0]
-        out = np.empty((len(imgs), size[1], size[0], 3), dtype=np.uint8)
-        for k, im in enumerate(imgs):
-            if im.size != size:
-                im = _resize_center_crop(im, size)
-            out[k] = np.asarray(im)
-        return out, np.asarray(labels, dtype=np.int64)
+            if size[0] * size[1] > MAX_PIXELS:
+                raise BenchError(f"image {p} is {size[0]}x{size[1]}, over the {MAX_PIXELS:,}-pixel limit of an "
+                                 "imagefolder; downscale it or remove it")
+            hashes.append(hashlib.sha256(data).digest())
+            sizes[size] += 1
+        return cls(list(files), hashes, sizes.most_common(1)[0][0])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def take(self, rows) -> FolderImages:
+        """The images at ``rows``, still undecoded."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return FolderImages([self.files[i] for i in rows], [self.hashes[i] for i in rows], self.size)
+
+    def content_digest(self) -> bytes:
+        """What stands for the pixels in a data digest: the files' own hashes, in order, and the size."""
+        import hashlib
+
+        h = hashlib.sha256(f"imagefolder{self.shape}".encode())
+        for d in self.hashes:
+            h.update(d)
+        return h.digest()
+
+    def _decode(self, p: Path) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as e:
+            raise BenchError(f"cannot read image {p} ({e}); remove or replace it") from None
+        return np.asarray(im if im.size == self.size else _resize_center_crop(im, self.size))
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            return self._decode(self.files[idx])
+        rows = range(len(self))[idx] if isinstance(idx, slice) else np.arange(len(self))[np.asarray(idx)]
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        for k, i in enumerate(rows):
+            out[k] = self._decode(self.files[i])
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 def _resize_center_crop(im, size):

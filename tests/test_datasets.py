@@ -8,6 +8,8 @@ import gzip
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -436,3 +438,42 @@ def test_system_fashion_mnist_test_split():
     test = load_split("fashion-mnist", "test")
     assert test.images.shape == (10000, 28, 28, 1) and test.images.dtype == np.uint8
     assert Counter(test.labels.tolist()) == {c: 1000 for c in range(10)}
+
+
+def _many_images(root, n, size=64):
+    from PIL import Image
+
+    base = np.linspace(0, 255, size * size * 3).reshape(size, size, 3).astype(np.uint8)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.roll(base, i, axis=1)).save(root / ("a", "b")[i % 2] / f"{i:05d}.png", compress_level=1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from Linux's /proc")
+def test_an_imagefolder_is_decoded_a_batch_at_a_time_so_peak_memory_stays_flat(tmp_path):
+    """`bench extract` (resnet18's first stage) over 600 and over 4,800 images of 64x64 in fresh
+    processes: the peak resident memory barely moves, where decoding the split whole would add
+    its pixels (52 MiB more for the larger folder); the lazy images equal an eager decode."""
+    from bench.datasets import FolderImages
+    from bench.perf import _PEAK
+
+    peaks = {}
+    for n in (600, 4800):
+        root = tmp_path / f"f{n}"
+        _many_images(root, n)
+        cmd = [sys.executable, "-c", _PEAK, str(tmp_path / f"{n}.peak"), "-q", "extract", "-b", "resnet18",
+               "--layers", "act1", "--image-size", "32", "-d", "imagefolder", "--data-root", str(root), "--split",
+               "train", "--batch-size", "64", "--out", str(tmp_path / f"{n}.h5")]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert p.returncode == 0, p.stderr
+        peaks[n] = int((tmp_path / f"{n}.peak").read_text().split()[1])  # kB
+    grown = (peaks[4800] - peaks[600]) / 1024
+    assert grown < 16, f"peak grew by {grown:.1f} MiB for 8x the images ({peaks})"
+    data = load_split("imagefolder", "train", tmp_path / "f600")
+    assert isinstance(data.images, FolderImages)
+    eager = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in data.images.files])
+    np.testing.assert_array_equal(np.asarray(data.images), eager)
+    np.testing.assert_array_equal(data.images[[3, 1]], eager[[3, 1]])
+    np.testing.assert_array_equal(data.images[5:9], eager[5:9])
+    np.testing.assert_array_equal(data.images[7], eager[7])

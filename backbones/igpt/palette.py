@@ -45,6 +45,10 @@ class Palette:
 
         c = images.shape[-1]
         n_colors = n_colors or DEFAULT_COLORS[c]
+        if not isinstance(images, np.ndarray):  # decoded on demand: decode just enough images
+            per_image = int(np.prod(images.shape[1:3]))
+            pick = np.random.default_rng(seed).permutation(len(images))[: -(-max_pixels // per_image)]
+            images = images[np.sort(pick)]
         px = images.reshape(-1, c)
         rng = np.random.default_rng(seed)
         if len(px) > max_pixels:
