@@ -105,5 +105,5 @@ def extract(
         return write_activations(
             path, ident, provenance, n, data.labels, data.indices, {layer: widths[layer] for layer in layers},
             batches, batch_size=batch_size, progress=bar, log=log if rank == 0 else (lambda msg: None),
-            rank=rank, world=world,
+            rank=rank, world=world, owned=not out,
         )

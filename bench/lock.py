@@ -15,13 +15,15 @@ lines) because no library we depend on says who holds a lock:
 - HDF5's own file locking was not enough: it fails at once rather than waiting (the "unable to
   lock file" users met), and it guards one open file, not the partial file -> finished file
   sequence a writer goes through;
-- the holder deletes the lock file as it lets go, so none stay behind; a process that was waiting
-  on the deleted file sees (by its inode) that its lock is on a file no longer in place, and
-  takes the lock anew on the path.
+- the holder deletes the lock file as it lets go, so none stay behind (but a killed holder's,
+  which is no lock, only a name the next holder reuses); a process that was waiting on the
+  deleted file sees (by its inode) that its lock is on a file no longer in place, and takes the
+  lock anew on the path.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -83,6 +85,13 @@ def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 3
                 break
         except FileNotFoundError:
             pass
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ESTALE:  # NFS: the file went away under us; take it anew
+                continue
+            lp.unlink(missing_ok=True)
+            raise BenchError(f"cannot lock {lp} ({e.strerror or e}): its filesystem does not support file locks "
+                             "(mount it with locking, e.g. Lustre's -o flock), or choose another folder") from None
         os.close(fd)
     try:
         stamp = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),

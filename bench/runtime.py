@@ -24,7 +24,8 @@ def pick_device(device: str = "auto") -> str:
 def join_processes(device: str) -> tuple[int, int, str, bool]:
     """Under ``torchrun``: (rank, world size, this process's device, whether this call started the
     process group). The group is started once per process, gloo on CPUs and NCCL on GPUs, where
-    each rank takes the GPU of its LOCAL_RANK. Outside torchrun: (0, 1, device, False)."""
+    each rank takes the GPU of its LOCAL_RANK; collectives time out after $BENCH_DIST_TIMEOUT_MIN
+    minutes (default 720). Outside torchrun: (0, 1, device, False)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world == 1:
@@ -34,7 +35,13 @@ def join_processes(device: str) -> tuple[int, int, str, bool]:
 
     started = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        # Ranks wait in collectives while rank 0 waits for another process's lock or writes a
+        # large file: far longer than torch's default timeout (10 min NCCL, 30 min gloo) allows.
+        from datetime import timedelta
+
+        minutes = float(os.environ.get("BENCH_DIST_TIMEOUT_MIN", "720"))
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo",
+                                timeout=timedelta(minutes=minutes))
         started = True
     if str(device).startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"

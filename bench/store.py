@@ -262,18 +262,25 @@ def _identity_diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {str(a.get(k))[:24]} vs {str(b.get(k))[:24]}" for k in keys[:3])
 
 
-def _reusable(out: Path, identity: dict) -> tuple[ActivationFile | None, str]:
-    """(the file, '') when ``out`` holds ``identity`` intact; (None, why) when it holds it damaged;
-    BenchError when it holds something else."""
-    a = _read_attrs(out)
+def _reusable(out: Path, identity: dict, owned: bool = False) -> tuple[ActivationFile | None, str]:
+    """(the file, '') when ``out`` holds ``identity`` intact; (None, why) when it holds it damaged
+    (or, ``owned``, cannot be read at all); BenchError when it holds something else."""
+    try:
+        a = _read_attrs(out)
+    except BenchError as e:
+        if owned:
+            return None, f"unreadable: {str(e).split(';')[0]}"
+        raise
     if a["identity"] != identity:
         raise BenchError(f"{out} holds other activations ({_identity_diff(a['identity'], identity)}); "
                          "choose another --out or delete it")
     try:
         act = open_activations(out)
+        damaged = act.verify()
     except DamagedFile as e:
         return None, str(e).split(": ", 1)[1].split(";")[0]
-    damaged = act.verify()
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # flipped bytes in HDF5's structures
+        return None, f"its data cannot be read back ({type(e).__name__})"
     return (None, damaged) if damaged else (act, "")
 
 
@@ -308,6 +315,8 @@ def _atomic_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -335,6 +344,7 @@ def _prepare_parts(out: Path, meta: dict, world: int, log) -> int:
     if legacy.exists():  # the single-file partials of igpt-bench before the parts folders
         log(f"discarding {legacy}: a partial file of an older igpt-bench")
         legacy.unlink()
+    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a killed assembly's
     if not parts.is_dir():
         return 0
     done = 0
@@ -429,13 +439,14 @@ def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, ind
                 f.write(memoryview(arr).cast("B"))
             for f in files:
                 f.flush()
+                os.fsync(f.fileno())  # on the disk before the count says so (power loss too)
             _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": b_end})
             done = b_end
             if progress is not None:
                 progress.advance(b_end - b_start)
     except NonFinite:
         _close(files)
-        shutil.rmtree(shard.parent)
+        shutil.rmtree(shard)
         raise
     except OSError as e:
         _close(files)
@@ -445,7 +456,9 @@ def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, ind
 
 
 class Group:
-    """The processes of a torchrun launch as the writer sees them: rank 0 decides and tells."""
+    """The processes of a torchrun launch as the writer sees them: rank 0 decides and tells the
+    others, and a user error on any rank ends every rank with the same one line (no rank is left
+    waiting in a collective for one that gave up)."""
 
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
@@ -459,11 +472,48 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
+    def decide(self, fn):
+        """``fn()`` on rank 0, its result (or its BenchError) on every rank."""
+        if self.world == 1:
+            return fn()
+        out = ("error", None)
+        if self.rank == 0:
+            try:
+                out = ("ok", fn())
+            except BenchError as e:
+                self.share(("error", str(e)))
+                raise
+        kind, value = self.share(out)
+        if kind == "error":
+            raise BenchError(value)
+        return value
 
-            dist.barrier()
+    def each(self, fn, on_error=lambda kinds: None):
+        """``fn()`` on every rank; if it raised a BenchError anywhere, every rank raises it (rank 0,
+        first, runs ``on_error`` with the names of the error classes)."""
+        if self.world == 1:
+            try:
+                return fn()
+            except BenchError as e:
+                on_error({type(e).__name__})
+                raise
+        import torch.distributed as dist
+
+        result, err = None, None
+        try:
+            result = fn()
+        except BenchError as e:
+            err = e
+        errors = [None] * self.world
+        dist.all_gather_object(errors, (type(err).__name__, str(err)) if err else None)
+        found = [e for e in errors if e]
+        if found:
+            if self.rank == 0:
+                on_error({kind for kind, _ in found})
+            if err is not None:
+                raise err
+            raise BenchError(found[0][1])
+        return result
 
 
 def write_activations(
@@ -481,69 +531,60 @@ def write_activations(
     log=lambda msg: None,
     rank: int = 0,
     world: int = 1,
+    owned: bool = False,
 ) -> tuple[ActivationFile, str]:
     """Fill ``out`` from ``batches(start, end) -> iterator of (start, end, {layer: array})``.
 
     Under torchrun (``world`` > 1, the process group started) every rank calls this: each
     extracts its shard of rows (``shard_rows``) into ``<out>.parts/shard-<rank>-of-<world>/``, and
     rank 0, which holds the lock meanwhile, writes the one file from the shards in rank order.
-    Returns the opened file and what happened: "reused", "resumed at row K", "extracted", or
-    "extracted again (why)" when a file with the same identity was damaged.
+    ``owned``: ``out`` is a name the cache chose, so a file there that cannot even be read is
+    made again (at a user's ``--out`` it is refused: it may be somebody else's file). Returns
+    the opened file and what happened: "reused", "resumed …", "extracted", or "extracted again
+    (why)" when a file with the same identity was damaged.
     """
     out = Path(out)
     group = Group(rank, world)
-    act = None
-    if rank == 0 and out.exists():
-        act, _ = _reusable(out, identity)
-    if group.share(act is not None):
-        return (act or open_activations(out)), "reused"
-    if rank == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    act = group.decide(lambda: _reusable(out, identity, owned)[0] if out.exists() else None)
+    if act is not None:
+        return act, "reused"
     meta = {"identity": identity, "batch_size": batch_size, "n_rows": n_rows, "widths": widths}
     parts = parts_dir(out)
     with exclusive(out, "extracting", log) if rank == 0 else contextlib.nullcontext():
-        plan = None
-        if rank == 0:
-            plan = ("extract", "")
-            if out.exists():  # finished by another process while this one waited, or damaged
-                act, again = _reusable(out, identity)
-                if act is not None:
-                    plan = ("reuse", "")
-                else:
-                    log(f"extracting {out} again: {again}")
-                    out.unlink()
-                    plan = ("extract", again)
-            if plan[0] == "extract":
-                _check_space(out, n_rows, _prepare_parts(out, meta, world, log), widths)
-        kind, again = group.share(plan)
+        kind, again, done = group.decide(lambda: _plan(out, identity, meta, world, owned, log))
         if kind == "extract":
             lo, hi = shard_rows(n_rows, batch_size, rank, world)
-            start = _extract_shard(_shard_dir(parts, rank, world), dict(meta, rows=[lo, hi]), widths, batches,
-                                   indices, progress)
-            resumed = start > lo if world == 1 else _any(start > lo, world)
-            group.barrier()  # every shard is in
-            if rank == 0:
-                _assemble(out, [_shard_dir(parts, r, world) for r in range(world)], identity, provenance, n_rows,
-                          labels, indices, widths, batch_size)
-                shutil.rmtree(parts)
-            group.barrier()  # the file is in place
+            group.each(lambda: _extract_shard(_shard_dir(parts, rank, world), dict(meta, rows=[lo, hi]), widths,
+                                              batches, indices, progress),
+                       on_error=lambda kinds: shutil.rmtree(parts, ignore_errors=True) if "NonFinite" in kinds
+                       else None)  # a non-finite value comes back on a rerun: nothing is kept
+            group.decide(lambda: _assemble(out, [_shard_dir(parts, r, world) for r in range(world)], identity,
+                                           provenance, n_rows, labels, indices, widths, batch_size))
     act = open_activations(out)
     if kind == "reuse":
         return act, "reused"
     if again:
         return act, f"extracted again ({again})"
-    return act, (f"resumed at row {start}" if world == 1 and resumed else
-                 "resumed (some shards)" if resumed else "extracted")
+    if done:
+        return act, f"resumed at row {done}" if world == 1 else f"resumed ({done} of {n_rows} rows were in)"
+    return act, "extracted"
 
 
-def _any(flag: bool, world: int) -> bool:
-    """Whether ``flag`` holds on any rank."""
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def _plan(out: Path, identity: dict, meta: dict, world: int, owned: bool, log) -> tuple[str, str, int]:
+    """Rank 0, holding the lock: ("reuse", "", 0) when another process finished the file while this
+    one waited; else ("extract", why a damaged file is made again or "", rows already in the parts),
+    with the parts readied and the room for the rest checked."""
+    again = ""
+    if out.exists():
+        act, again = _reusable(out, identity, owned)
+        if act is not None:
+            return "reuse", "", 0
+        log(f"extracting {out} again: {again}")
+        out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _prepare_parts(out, meta, world, log)
+    _check_space(out, meta["n_rows"], done, meta["widths"])
+    return "extract", again, done
 
 
 def _assemble(out: Path, shards: list[Path], identity: dict, provenance: dict, n_rows: int, labels: np.ndarray,
@@ -592,7 +633,10 @@ def _assemble(out: Path, shards: list[Path], identity: dict, provenance: dict, n
                                       "extract again")
             f.attrs["checksums"] = json.dumps({k: h.hexdigest() for k, h in checksums.items()}, sort_keys=True)
             f.attrs["complete"] = True
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, out)
+        shutil.rmtree(shards[0].parent)
     except (OSError, RuntimeError) as e:  # h5py raises RuntimeError for some failed writes
         tmp.unlink(missing_ok=True)
         raise _write_error(e if isinstance(e, OSError) else OSError(str(e).split("(")[0].strip()), out, n_rows,

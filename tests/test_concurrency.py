@@ -108,3 +108,18 @@ def test_files_written_follow_the_umask(tmp_path, umask):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert lock_mode == 0o666 & ~umask
     assert not (tmp_path / ".r.json.lock").exists()  # the holder deletes it as it lets go
+
+
+def test_a_filesystem_without_locks_is_a_one_line_error(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from bench.errors import BenchError
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(BenchError, match="does not support file locks"), exclusive(tmp_path / "x.h5", "writing"):
+        pass
+    assert list(tmp_path.iterdir()) == []

@@ -96,3 +96,63 @@ def test_bench_run_under_torchrun_shards_extraction_and_probes_on_rank_0(tmp_pat
     (a,), (b,) = (tmp_path / "ddp").glob("*.json"), (tmp_path / "one").glob("*.json")
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     assert [x["value"] for x in ra["records"]] == [x["value"] for x in rb["records"]]
+
+
+def _group_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    from bench.errors import BenchError
+    from bench.store import Group
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    group, said = Group(rank, world), []
+
+    def fails_on(r, msg):
+        def fn():
+            if rank == r:
+                raise BenchError(msg)
+            return rank
+        return fn
+
+    for step in (lambda: group.decide(fails_on(0, "rank 0 gave up")),  # a decision rank 0 alone makes
+                 lambda: group.each(fails_on(1, "rank 1 gave up")),  # work every rank does
+                 lambda: group.each(lambda: rank)):
+        try:
+            said.append(("ok", step()))
+        except BenchError as e:
+            said.append(("error", str(e)))
+    (out / f"{rank}.json").write_text(json.dumps(said))
+    dist.destroy_process_group()
+
+
+def test_an_error_on_one_rank_ends_every_rank_with_the_same_line(tmp_path):
+    """No rank is left waiting in a collective for one that gave up, and the ranks stay in step
+    for what comes next (the next job of a sweep)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_group_worker, args=(2, port, tmp_path), nprocs=2, join=True)
+    said = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    for r in range(2):
+        assert said[r][0] == ["error", "rank 0 gave up"]
+        assert said[r][1] == ["error", "rank 1 gave up"]
+        assert said[r][2] == ["ok", r]
+
+
+def test_an_unreadable_cache_file_is_made_again_but_a_users_out_is_refused(bench, isolated_cache, tmp_path):
+    args = ("extract", "-b", "pixels", "-d", "digits", "--split", "test")
+    assert bench("-q", *args).code == 0
+    (cached,) = isolated_cache.rglob("*.h5")
+    ref = open_activations(cached).read("pixels")
+    cached.write_bytes(cached.read_bytes()[:-300])
+    r = bench(*args)
+    assert r.code == 0 and r.out.startswith("extracted again (unreadable"), r
+    np.testing.assert_array_equal(open_activations(cached).read("pixels"), ref)
+    mine = tmp_path / "mine.h5"
+    mine.write_bytes(cached.read_bytes()[:-300])
+    r = bench("-q", *args, "--out", mine)
+    assert r.code == 2 and "not a readable HDF5 file" in r.err
