@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bench.errors import BenchError
 from tasks.linear_probe import _grid, probe_layer, standardize, top1
 
 if TYPE_CHECKING:
@@ -204,6 +206,11 @@ def knn_benchmark(n_train: int = 54000, n_query: int = 10000, dim: int = 256, n_
 
     import pandas as pd
 
+    need = 3 * (n_train + n_query) * dim * 4  # the features, their unit-norm copies and sklearn's
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if have and need > have // 2:
+        raise BenchError(f"{n_train + n_query} rows x {dim} features need about {need / 2**30:.1f} GiB, more than "
+                         f"half of this machine's {have / 2**30:.0f} GiB; lower --n-train, --n-query or --dim")
     ks = sorted(ks)
     sizes = (n_train, n_query, dim, n_classes)
     methods = {"ours": f"ours (256 x {block_size} tiles, k={','.join(map(str, ks))})"}

@@ -18,6 +18,18 @@ from bench.errors import BenchError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class Number(click.FloatRange):
+    """A float range that refuses NaN and infinities (click's comparisons let NaN through)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -409,7 +421,7 @@ def compare(paths, fmt_name):
 @cli.command(context_settings=CONTEXT)
 @backbone_options
 @click.option("--n", "n", type=int, default=64, show_default=True, help="How many images to sample (1..1024).")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature, > 0.")
+@click.option("--temperature", type=Number(0.01, 100), default=1.0, show_default=True, help="Softmax temperature, 0.01..100 (--top-k 1 for the likeliest color).")
 @click.option("--top-k", type=int, default=None, help="Sample only among the K most likely colors (1..palette size).")
 @click.option("--cols", type=click.IntRange(min=1), default=8, show_default=True, help="Images per row of the grid.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file for the grid.")
@@ -434,7 +446,7 @@ def sample(ctx, backbone, backbone_options, seed, n, temperature, top_k, cols, o
 @click.option("--n", "n", type=int, default=8, show_default=True, help="How many images to complete (1..256).")
 @click.option("--keep-rows", type=int, required=True, help="Rows of each image the model keeps (1..height-1).")
 @click.option("--samples", type=int, default=4, show_default=True, help="Completions per image (1..32).")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature, > 0.")
+@click.option("--temperature", type=Number(0.01, 100), default=1.0, show_default=True, help="Softmax temperature, 0.01..100 (--top-k 1 for the likeliest color).")
 @click.option("--top-k", type=int, default=None, help="Sample only among the K most likely colors.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file: original | kept rows | completions per row.")
 @runtime_options
@@ -472,12 +484,12 @@ def _int_list(ctx, param, value):
 @data_options
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Optimizer steps in all.")
 @click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=32, show_default=True, help="Images per step (over all processes).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW, betas 0.9/0.95).")
+@click.option("--lr", type=Number(0, 1, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW, betas 0.9/0.95).")
 @click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True, help="Linear warm-up steps before the cosine decay.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on matrices and embeddings.")
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this (0: off).")
+@click.option("--weight-decay", type=Number(0, 10), default=0.01, show_default=True, help="AdamW weight decay on matrices and embeddings.")
+@click.option("--grad-clip", type=Number(0, 1e6), default=1.0, show_default=True, help="Clip the gradient norm to this (0: off).")
 @click.option("--save-at", default="", callback=_int_list, help="Comma-separated steps to checkpoint at (the last step always is).")
-@click.option("--colors", type=click.IntRange(min=2), default=None, help="Palette size (default 512 for RGB, 16 for grayscale).")
+@click.option("--colors", type=click.IntRange(min=2, max=4096), default=None, help="Palette size (default 512 for RGB, 16 for grayscale).")
 @click.option("--image-size", type=click.IntRange(min=1, max=128), default=None, help="Train at this square size (default: the dataset's).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for init, palette and data order.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder: settings, palette, log, checkpoints.")
@@ -578,7 +590,7 @@ def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, l
 @benchmark.command("pretrain", context_settings=CONTEXT)
 @click.option("--backbone", "-b", default="igpt-wide", show_default=True, help="iGPT shape to time.")
 @click.option("--image-size", type=click.IntRange(min=1, max=64), default=14, show_default=True, help="Square image size (tokens = size²).")
-@click.option("--colors", type=click.IntRange(min=2), default=16, show_default=True, help="Palette size.")
+@click.option("--colors", type=click.IntRange(min=2, max=4096), default=16, show_default=True, help="Palette size.")
 @click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=16, show_default=True, help="Images per step.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps of each precision.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
@@ -627,7 +639,7 @@ def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
 @click.option("--dim", type=click.IntRange(min=1), default=256, show_default=True, help="Feature width.")
 @click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True, help="Number of classes.")
 @click.option("-k", "ks", default="10,20,50,100,200", show_default=True, help="Comma-separated neighbour counts (ours: all from one search; sklearn: the largest).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True, help="Vote weight exp(similarity / temperature).")
+@click.option("--temperature", type=Number(0, 100, min_open=True), default=0.07, show_default=True, help="Vote weight exp(similarity / temperature).")
 @click.option("--block-size", type=click.IntRange(min=1), default=32768, show_default=True, help="Bank rows compared with 256 queries at a time (ours).")
 @click.option("--no-sklearn", is_flag=True, help="Time ours only.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the synthetic features.")
@@ -722,6 +734,12 @@ def main(argv=None) -> None:
     from bench.runtime import keep_freed_memory
 
     keep_freed_memory()
+    import signal
+
+    def terminated(signum, frame):  # a scheduler's SIGTERM ends a run as Ctrl-C does: locks let go
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
     if not [a for a in argv if a not in GLOBAL_FLAGS]:  # a bare `bench`: its help, not an error
         click.echo(cli.get_help(click.Context(cli, info_name="bench")))
         sys.exit(0)
@@ -741,8 +759,8 @@ def main(argv=None) -> None:
         where = f"`{e.ctx.command_path} --help`" if e.ctx else "`bench --help`"
         click.echo(f"error: {one_line(e.format_message())} (see {where})", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click's form of Ctrl-C (and of our SIGTERM)
+        click.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -405,7 +405,30 @@ class ImageFolder(Dataset):
                     labels.append(i)
         if not files:
             raise BenchError(f"dataset 'imagefolder': no .png/.jpg images under {self._split_root(split)}")
-        return FolderImages.scan(files), np.asarray(labels, dtype=np.int64)
+        if split != "train":
+            extra = sorted(p.name for p in self._split_root(split).iterdir() if p.is_dir() and p.name not in classes)
+            if extra:
+                raise BenchError(f"dataset 'imagefolder': {split} has class folders that train lacks "
+                                 f"({', '.join(extra[:3])}); add them to train or remove them")
+        # Every split at train's most common size, so that features line up across splits.
+        size = None if split == "train" else self._train_size()
+        return FolderImages.scan(files, size), np.asarray(labels, dtype=np.int64)
+
+    def _train_size(self) -> tuple[int, int]:
+        from PIL import Image
+
+        sizes = Counter()
+        for c in self.classes():
+            for p in sorted((self._split_root("train") / c).iterdir()):
+                if p.suffix.lower() in IMAGE_SUFFIXES:
+                    try:
+                        with Image.open(p) as im:  # the header only
+                            sizes[im.size] += 1
+                    except (OSError, Image.DecompressionBombError) as e:
+                        raise BenchError(f"cannot read image {p} ({e}); remove or replace it") from None
+        if not sizes:
+            raise BenchError(f"dataset 'imagefolder': no .png/.jpg images under {self._split_root('train')}")
+        return sizes.most_common(1)[0][0]
 
 
 class FolderImages:
@@ -424,7 +447,7 @@ class FolderImages:
         self.shape = (len(files), size[1], size[0], 3)
 
     @classmethod
-    def scan(cls, files: list[Path]) -> FolderImages:
+    def scan(cls, files: list[Path], size: tuple[int, int] | None = None) -> FolderImages:
         import hashlib
         import io
 
@@ -435,15 +458,15 @@ class FolderImages:
             try:
                 data = p.read_bytes()
                 with Image.open(io.BytesIO(data)) as im:  # the header only
-                    size = im.size
+                    dims = im.size
             except (OSError, Image.DecompressionBombError) as e:
                 raise BenchError(f"cannot read image {p} ({e}); remove or replace it") from None
-            if size[0] * size[1] > MAX_PIXELS:
-                raise BenchError(f"image {p} is {size[0]}x{size[1]}, over the {MAX_PIXELS:,}-pixel limit of an "
+            if dims[0] * dims[1] > MAX_PIXELS:
+                raise BenchError(f"image {p} is {dims[0]}x{dims[1]}, over the {MAX_PIXELS:,}-pixel limit of an "
                                  "imagefolder; downscale it or remove it")
             hashes.append(hashlib.sha256(data).digest())
-            sizes[size] += 1
-        return cls(list(files), hashes, sizes.most_common(1)[0][0])
+            sizes[dims] += 1
+        return cls(list(files), hashes, size or sizes.most_common(1)[0][0])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -467,7 +490,7 @@ class FolderImages:
 
         try:
             with Image.open(p) as im:
-                im = im.convert("RGB")
+                im = _to_rgb(im, p)
         except (OSError, Image.DecompressionBombError) as e:
             raise BenchError(f"cannot read image {p} ({e}); remove or replace it") from None
         return np.asarray(im if im.size == self.size else _resize_center_crop(im, self.size))
@@ -484,6 +507,21 @@ class FolderImages:
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)
+
+
+def _to_rgb(im, path):
+    """8-bit RGB: 16-bit gray (PIL's I;16 modes, or I holding 0..65535) keeps its top 8 bits,
+    where a plain convert would clip every value over 255 to white."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im)
+        if a.min() < 0 or a.max() > 65535:
+            raise BenchError(f"image {path} has 32-bit integer pixels; save it with 8 or 16 bits per channel")
+        im = Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise BenchError(f"image {path} has floating-point pixels; save it with 8 or 16 bits per channel")
+    return im.convert("RGB")
 
 
 def _resize_center_crop(im, size):

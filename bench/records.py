@@ -152,12 +152,13 @@ def record_problem(r) -> str:
 
 def _looks_like_results(path: Path) -> bool:
     """Cheap check (the first bytes) so a folder's other JSON files (run settings, palettes,
-    artifacts) are passed over, while a named file that is not results is an error."""
+    artifacts) are passed over, while a named file that is not results is an error. A file that
+    cannot be read is an error too: leaving it out would change the table without a word."""
     try:
         with open(path, "rb") as f:
             return RESULTS_FORMAT.encode() in f.read(256)
-    except OSError:
-        return False
+    except OSError as e:
+        raise BenchError(f"cannot read {path} ({e.strerror or e}); fix its permissions or move it away") from None
 
 
 def collect(paths) -> list[Path]:
@@ -165,6 +166,8 @@ def collect(paths) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
+            if not os.access(p, os.R_OK | os.X_OK):
+                raise BenchError(f"cannot read the folder {p} (permission denied); fix its permissions")
             files += sorted(q for q in p.rglob("*.json") if _looks_like_results(q))
         elif p.is_file():
             files.append(p)
@@ -175,4 +178,10 @@ def collect(paths) -> list[Path]:
             raise BenchError(f"{p} does not exist; pass results files or folders")
     if not files:
         raise BenchError(f"no results files under {', '.join(map(str, paths))}; run `bench run` first")
-    return files
+    seen, unique = set(), []
+    for f in files:  # a file named twice (or inside a folder also named) counts once
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique

@@ -399,8 +399,12 @@ def _close(files) -> None:
             pass
 
 
+class WriteFailed(BenchError):
+    """Writing failed (a full disk): what is counted stays, and the same command resumes."""
+
+
 def _write_error(e: OSError, where: Path, rows: int, n: int) -> BenchError:
-    return BenchError(f"writing {where} failed ({e.strerror or e}) with {rows} of {n} rows kept; free space "
+    return WriteFailed(f"writing {where} failed ({e.strerror or e}) with {rows} of {n} rows kept; free space "
                       "(or fix the folder) and rerun the same command to resume")
 
 
@@ -444,7 +448,10 @@ def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, ind
             done = b_end
             if progress is not None:
                 progress.advance(b_end - b_start)
-    except NonFinite:
+    except WriteFailed:
+        _close(files)
+        raise
+    except BenchError:  # non-finite values, an unreadable image: a rerun would not go past them
         _close(files)
         shutil.rmtree(shard)
         raise
@@ -556,8 +563,8 @@ def write_activations(
             lo, hi = shard_rows(n_rows, batch_size, rank, world)
             group.each(lambda: _extract_shard(_shard_dir(parts, rank, world), dict(meta, rows=[lo, hi]), widths,
                                               batches, indices, progress),
-                       on_error=lambda kinds: shutil.rmtree(parts, ignore_errors=True) if "NonFinite" in kinds
-                       else None)  # a non-finite value comes back on a rerun: nothing is kept
+                       on_error=lambda kinds: shutil.rmtree(parts, ignore_errors=True) if kinds - {"WriteFailed"}
+                       else None)  # an input error comes back on a rerun: nothing is kept
             group.decide(lambda: _assemble(out, [_shard_dir(parts, r, world) for r in range(world)], identity,
                                            provenance, n_rows, labels, indices, widths, batch_size))
     act = open_activations(out)

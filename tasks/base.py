@@ -152,6 +152,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """A parser of integers in lo..hi."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be an integer in {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """A parser of numbers in [lo, hi] (NaN is not one)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be a number in {lo:g}..{hi:g}")
+        return value
+
+    return parse
+
+
 def positive_float(text: str) -> float:
     import math
 

@@ -25,8 +25,8 @@ from tasks.base import Option, RunContext, Task, nonnegative_int, positive_int
 
 def _grid(text: str) -> list[float]:
     vals = sorted({float(v) for v in text.split(",") if v.strip()}, reverse=True)
-    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
-        raise ValueError("need positive numbers separated by commas")
+    if not vals or any(not (1e-12 <= v <= 1e6) for v in vals):
+        raise ValueError("need numbers in 1e-12..1e6 separated by commas")
     return vals
 
 

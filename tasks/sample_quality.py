@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, positive_float, positive_int
+from tasks.base import Option, RunContext, Task, choice, float_in, positive_int
 
 GRID = 64  # samples shown in samples.png
 
@@ -44,7 +44,7 @@ class SampleQuality(Task):
         "extractor": Option(_extractor("classifier"), _extractor,
                             "feature space: classifier (trained here on train), pixels, or inception:PATH "
                             "(torch-fidelity InceptionV3 weights file)"),
-        "temperature": Option(1.0, positive_float, "sampling temperature, a positive number"),
+        "temperature": Option(1.0, float_in(0.01, 100.0), "sampling temperature, 0.01..100"),
         "batch_size": Option(250, positive_int, "images sampled at once (KV cache memory grows with it)"),
     }
     columns = {("val", "bits_per_dim"): "bits/dim", ("val", "fd"): "FD", ("val", "kid"): "KID",
@@ -61,6 +61,10 @@ class SampleQuality(Task):
         if n > len(data[split]):
             raise BenchError(f"sample-quality -o n={n} is larger than the {split} split ({len(data[split])} images); "
                              f"lower n to at most {len(data[split])}")
+        if options["extractor"].kind == "inception":  # a bad weights file: said before any sampling
+            from backbones.weights import load_state_dict
+
+            load_state_dict(options["extractor"].path)
 
     def run(self, ctx: RunContext) -> list[dict]:
         from bench.fidelity import file_digest, sample_metrics

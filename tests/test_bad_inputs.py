@@ -116,7 +116,11 @@ FIXTURES = {
     "results-records-dict": lambda p: _results(p, {"a": GOOD}),
     "results-step-text": lambda p: _results(p, [dict(GOOD, step="ten")]),
     "results-not-json": lambda p: (p.write_text("{not json"), p)[1],
+    "results-good": lambda p: _results(p, [GOOD]),
     "weights-inf": _nan_weights,
+    "not-weights": lambda p: (p.write_bytes(b"not a state dict" * 10), p)[1],
+    "folder-test-only-class": lambda p: (_folder(p / "train", ["a", "b"], 6), _folder(p / "test", ["a", "b", "eel"], 2),
+                                         p)[2],
 }
 
 OUT = ["--results", "{tmp}/res"]
@@ -170,6 +174,23 @@ CASES = [
     ("benchmark knn dim 0", ["benchmark", "knn", "--dim", "0"], ["--dim"]),
     ("benchmark pretrain size 65", ["benchmark", "pretrain", "-b", "igpt-tiny", "--image-size", "65"], ["--image-size"]),
     ("perf unknown row", ["perf", "--only", "warp"], ["--only"]),
+    # found by a hostile session: numbers that overflowed, NaN that slipped past ranges, sizes past memory
+    ("l2 grid huge", [*RUN, "-b", "pixels", "-d", "digits", "-o", "l2_grid=1e39"], ["l2_grid", "1e-12..1e6"]),
+    ("l2 grid subnormal", [*RUN, "-b", "pixels", "-d", "digits", "-o", "l2_grid=1e-45"], ["l2_grid"]),
+    ("low-data seeds huge", [*RUN[:2], "low-data-probe", *OUT, "-b", "pixels", "-d", "digits", "-o", "seeds=99999999999"], ["seeds", "1..1000"]),
+    ("sample temperature tiny", ["sample", "-b", "igpt-tiny", "--temperature", "1e-40", "--out", "{tmp}/out/s.png"], ["--temperature", "0.01"]),
+    ("complete temperature tiny", ["complete", "-b", "igpt-tiny", "-d", "digits", "--keep-rows", "4", "--temperature", "1e-300", "--out", "{tmp}/out/c.png"], ["--temperature"]),
+    ("sample-quality temperature tiny", [*RUN[:2], "sample-quality", *OUT, "-b", "igpt-tiny", "-d", "digits", "-o", "temperature=1e-40"], ["temperature"]),
+    ("sample-quality bad inception file", [*RUN[:2], "sample-quality", *OUT, "-b", "igpt-tiny", "-d", "digits", "-o", "n=20", "-o", "extractor=inception:{not-weights}"], ["not-weights"]),
+    ("pretrain lr 1e300", ["pretrain", "-b", "igpt-tiny", "-d", "digits", "--steps", "2", "--lr", "1e300", "--out", "{tmp}/run"], ["--lr"]),
+    ("pretrain weight decay nan", ["pretrain", "-b", "igpt-tiny", "-d", "digits", "--steps", "2", "--weight-decay", "nan", "--out", "{tmp}/run"], ["--weight-decay", "finite"]),
+    ("pretrain grad clip inf", ["pretrain", "-b", "igpt-tiny", "-d", "digits", "--steps", "2", "--grad-clip", "inf", "--out", "{tmp}/run"], ["--grad-clip"]),
+    ("benchmark knn temperature nan", ["benchmark", "knn", "--temperature", "nan"], ["--temperature"]),
+    ("benchmark knn too big", ["benchmark", "knn", "--n-train", "99999999999", "--dim", "99999999"], ["GiB", "lower"]),
+    ("benchmark pretrain colors huge", ["benchmark", "pretrain", "-b", "igpt-tiny", "--colors", "100000000"], ["--colors"]),
+    ("igpt side too large", ["backbones", "show", "igpt-3x8", "--image-size", "1024"], ["128x128"]),
+    ("compare one file twice", ["compare", "{results-good}", "{results-good}"], ["two or more runs"]),
+    ("folder test-only class", ["extract", "--split", "test", "--out", "{tmp}/out/a.h5", "-b", "pixels", "-d", "imagefolder", "--data-root", "{folder-test-only-class}"], ["eel", "train lacks"]),
     # names
     ("unknown backbone", [*RUN, "-b", "resnet81", "-d", "digits"], ["unknown backbone", "resnet18"]),
     ("unknown dataset", [*RUN, "-b", "pixels", "-d", "digitz"], ["unknown dataset", "digits"]),

@@ -477,3 +477,42 @@ def test_an_imagefolder_is_decoded_a_batch_at_a_time_so_peak_memory_stays_flat(t
     np.testing.assert_array_equal(data.images[[3, 1]], eager[[3, 1]])
     np.testing.assert_array_equal(data.images[5:9], eager[5:9])
     np.testing.assert_array_equal(data.images[7], eager[7])
+
+
+def test_imagefolder_16_bit_gray_keeps_its_top_8_bits_not_clipped_to_white(tmp_path):
+    gray = (np.arange(16 * 16).reshape(16, 16) * 200).astype(np.uint16)  # 0..51000
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.fromarray(gray).save(tmp_path / c / f"{i}.png")
+    data = load_split("imagefolder", "train", tmp_path)
+    img = data.images[0]
+    np.testing.assert_array_equal(img[..., 0], (gray >> 8).astype(np.uint8))
+    assert (img == 255).mean() < 0.01
+
+
+def test_imagefolder_splits_share_train_s_image_size(tmp_path):
+    for split, size in (("train", 16), ("test", 32)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (size, size), (i * 40, 10, 200)).save(tmp_path / split / c / f"{i}.png")
+    train, test = load_split("imagefolder", "train", tmp_path), load_split("imagefolder", "test", tmp_path)
+    assert train.images.shape[1:] == test.images.shape[1:] == (16, 16, 3)
+
+
+def test_an_image_that_fails_to_decode_mid_extraction_leaves_nothing(bench, tmp_path, isolated_cache):
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(40):
+            Image.new("RGB", (8, 8), (i * 5, 10, 200)).save(tmp_path / "f" / c / f"{i:02d}.png")
+    bad = tmp_path / "f" / "b" / "39.png"
+    full = (tmp_path / "f" / "a" / "00.png").read_bytes()
+    big = Image.effect_noise((64, 64), 50).convert("RGB")
+    big.save(bad)
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # the header is whole, the pixels are not
+    assert full
+    r = bench("-q", "extract", "-b", "pixels", "-d", "imagefolder", "--data-root", tmp_path / "f", "--split", "train",
+              "--batch-size", "8")
+    assert_user_error(r, "cannot read image", "39.png")
+    assert not [p for p in isolated_cache.rglob("*") if p.is_file()]  # no parts, no lock, no file

@@ -211,3 +211,30 @@ def test_a_disk_too_small_is_refused_before_any_work(bench, tmp_path, monkeypatc
     out = tmp_path / "a.h5"
     assert_user_error(bench("-q", *ARGS, "--out", out), "MiB are free", "free space")
     assert not out.exists() and not store.parts_dir(out).exists()
+
+
+def test_sigterm_ends_an_extraction_as_ctrl_c_does_and_the_rerun_resumes(tmp_path):
+    import os
+    import time
+
+    out = tmp_path / "a.h5"
+    cmd = [sys.executable, "-m", "bench", "-q", "extract", "-b", "resnet18", "-d", "digits", "--split", "train",
+           "--image-size", "96", "--batch-size", "16", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    progress = store.parts_dir(out) / "shard-0-of-1" / "progress.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["rows_done"] >= 32:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err, err
+    assert not (tmp_path / ".a.h5.lock").exists()  # the lock went with the process
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resumed at row" in again.stdout, again.stderr

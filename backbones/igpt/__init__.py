@@ -36,6 +36,9 @@ def uniform_palette(channels: int) -> Palette:
     return Palette(np.stack(np.meshgrid(lv, lv, lv, indexing="ij"), -1).reshape(-1, 3))
 
 
+MAX_SIDE = 128  # image side of a random-init iGPT (tokens = side²; attention grows with their square)
+MIN_TEMPERATURE = 0.01  # below it the logits / temperature overflow float32
+
 class IGPTBackbone(Backbone):
     family = True
     example = "igpt-tiny"
@@ -82,6 +85,9 @@ class IGPTBackbone(Backbone):
                 raise BenchError("backbone 'igpt' needs --weights DIR; or name a shape such as 'igpt-tiny' "
                                  "for a random init")
             h = w = options.image_size or max(spec.height, spec.width)
+            if h > MAX_SIDE:
+                raise BenchError(f"a random-init iGPT models at most {MAX_SIDE}x{MAX_SIDE} pixels ({MAX_SIDE ** 2} "
+                                 f"tokens), not {h}x{w}; pass a smaller --image-size")
             torch.manual_seed(options.seed)
             palette = uniform_palette(spec.channels)
             cfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **shape)
@@ -177,8 +183,9 @@ class IGPTBackbone(Backbone):
         return self.palette.dequantize(self.tokens(images), self.height, self.width)
 
     def _check_sampling(self, temperature: float, top_k: int | None) -> None:
-        if not (temperature > 0 and np.isfinite(temperature)):
-            raise BenchError(f"--temperature must be a positive number, got {temperature}")
+        if not (MIN_TEMPERATURE <= temperature and np.isfinite(temperature)):
+            raise BenchError(f"--temperature must be a number >= {MIN_TEMPERATURE} (for the likeliest color "
+                             f"only, use --top-k 1), got {temperature}")
         if top_k is not None and not 1 <= top_k <= self.palette.n_colors:
             raise BenchError(f"--top-k must lie in 1..{self.palette.n_colors} (the palette size), got {top_k}")
 

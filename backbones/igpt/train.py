@@ -108,8 +108,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise BenchError(f"--seed must be an integer in 0..{2**32 - 1}, got {cfg.seed}")
     if cfg.image_size is not None and not 1 <= cfg.image_size <= 128:
         raise BenchError(f"--image-size must lie in 1..128 for pretraining (tokens = size²), got {cfg.image_size}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise BenchError(f"--lr must be a positive number, got {cfg.lr}")
+    if not (0 < cfg.lr <= 1):
+        raise BenchError(f"--lr must lie in (0, 1], got {cfg.lr}")
+    for name in ("weight_decay", "grad_clip", "min_lr_ratio"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise BenchError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(cfg, name)}")
     if cfg.precision not in PRECISIONS:
         raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     bad = [s for s in cfg.save_at if not 1 <= s <= cfg.steps]
