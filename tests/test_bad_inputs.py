@@ -188,6 +188,7 @@ CASES = [
     ("benchmark knn temperature nan", ["benchmark", "knn", "--temperature", "nan"], ["--temperature"]),
     ("benchmark knn too big", ["benchmark", "knn", "--n-train", "99999999999", "--dim", "99999999"], ["GiB", "lower"]),
     ("benchmark pretrain colors huge", ["benchmark", "pretrain", "-b", "igpt-tiny", "--colors", "100000000"], ["--colors"]),
+    ("igpt shape past memory", ["benchmark", "pretrain", "-b", "igpt-512x16384"], ["parameters", "smaller shape"]),
     ("igpt side too large", ["backbones", "show", "igpt-3x8", "--image-size", "1024"], ["128x128"]),
     ("compare one file twice", ["compare", "{results-good}", "{results-good}"], ["two or more runs"]),
     ("folder test-only class", ["extract", "--split", "test", "--out", "{tmp}/out/a.h5", "-b", "pixels", "-d", "imagefolder", "--data-root", "{folder-test-only-class}"], ["eel", "train lacks"]),

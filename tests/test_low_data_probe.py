@@ -124,7 +124,7 @@ def test_paper_budgets_are_an_option_value():
     ("shots=1,500", ["shots=1,500", "500 train images per class", "class", "has", "at most"]),
     ("shots=0", ["shots='0'", "positive integers"]),
     ("shots=five", ["shots='five'"]),
-    ("seeds=0", ["seeds", "positive"]),
+    ("seeds=0", ["seeds", "1..1000"]),
     ("layer=last", ["layer", "all, best"]),
     ("l2_grid=0", ["l2_grid", "positive"]),
 ])

@@ -20,6 +20,7 @@ Shapes: a name from ``SHAPES`` or a spec ``igpt-<layers>x<width>`` with an optio
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -106,7 +107,19 @@ def shape_config(name: str) -> dict:
     if heads < 1 or width % heads:
         raise BenchError(f"iGPT shape {name!r}: {heads} heads do not divide the width {width}; choose heads "
                          f"that divide it, or drop h{spec['heads']} for the default ({default_heads(width)})")
+    weights = 12 * layers * width * width * 4  # bytes of the blocks' fp32 matrices
+    memory = _physical_memory()
+    if memory and weights > memory // 2:
+        raise BenchError(f"iGPT shape {name!r} has about {weights / 4 / 1e9:.1f}B parameters ({weights / 2**30:.0f} GiB "
+                         f"in fp32), more than half of this machine's {memory / 2**30:.0f} GiB; choose a smaller shape")
     return {"n_embd": width, "n_layer": layers, "n_head": heads}
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class RMSNorm(nn.Module):
