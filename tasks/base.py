@@ -152,25 +152,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def int_in(lo: int, hi: int) -> Callable[[str], int]:
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
     """A parser of integers in lo..hi."""
 
     def parse(text: str) -> int:
         value = int(text)
         if not lo <= value <= hi:
-            raise ValueError(f"must be an integer in {lo}..{hi}")
+            raise ValueError(f"must lie in {lo}..{hi}")
         return value
 
     return parse
 
 
-def float_in(lo: float, hi: float) -> Callable[[str], float]:
-    """A parser of numbers in [lo, hi] (NaN is not one)."""
+def float_range(lo: float, hi: float, *, open_low: bool = False, open_high: bool = False) -> Callable[[str], float]:
+    """A parser of finite numbers in [lo, hi] (either end open on request)."""
 
     def parse(text: str) -> float:
+        import math
+
         value = float(text)
-        if not lo <= value <= hi:
-            raise ValueError(f"must be a number in {lo:g}..{hi:g}")
+        low_ok = value > lo if open_low else value >= lo
+        high_ok = value < hi if open_high else value <= hi
+        if not (math.isfinite(value) and low_ok and high_ok):
+            raise ValueError(f"must lie in {'(' if open_low else '['}{lo:g}, {hi:g}{')' if open_high else ']'}")
         return value
 
     return parse

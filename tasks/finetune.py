@@ -48,7 +48,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.runtime import join_processes
-from tasks.base import Option, RunContext, Task, choice, nonnegative_int
+from tasks.base import Option, RunContext, Task, choice, float_range, int_range, nonnegative_int
 from tasks.linear_probe import binomial_se
 
 MAX_EPOCHS = 1000
@@ -60,32 +60,10 @@ SETTINGS_VERSION = 1
 FLIP_DATASETS = frozenset({"cifar10", "cifar100", "stl10", "fashion-mnist"})
 
 
-def _int_range(lo: int, hi: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise ValueError(f"must lie in {lo}..{hi}")
-        return value
-
-    return parse
-
-
-def _float_range(lo: float, hi: float, *, open_low: bool = False, open_high: bool = False):
-    def parse(text: str) -> float:
-        value = float(text)
-        low_ok = value > lo if open_low else value >= lo
-        high_ok = value < hi if open_high else value <= hi
-        if not (math.isfinite(value) and low_ok and high_ok):
-            raise ValueError(f"must lie in {'(' if open_low else '['}{lo:g}, {hi:g}{')' if open_high else ']'}")
-        return value
-
-    return parse
-
-
 def _gen_weight(text: str):
     if text.strip() == "auto":
         return "auto"
-    return _float_range(0.0, 100.0)(text)
+    return float_range(0.0, 100.0)(text)
 
 
 class Finetune(Task):
@@ -95,12 +73,12 @@ class Finetune(Task):
     reads = "model"
     splits = ("train", "val", "test")
     options = {
-        "epochs": Option(10, _int_range(1, MAX_EPOCHS), f"training epochs, 1..{MAX_EPOCHS}"),
-        "lr": Option(1e-3, _float_range(0.0, 1.0, open_low=True),
+        "epochs": Option(10, int_range(1, MAX_EPOCHS), f"training epochs, 1..{MAX_EPOCHS}"),
+        "lr": Option(1e-3, float_range(0.0, 1.0, open_low=True),
                      "peak learning rate of AdamW, in (0, 1]; try 1e-4 for pretrained weights"),
-        "batch_size": Option(64, _int_range(1, 65536), "images per optimizer step (over all processes)"),
-        "weight_decay": Option(0.05, _float_range(0.0, 10.0), "AdamW weight decay (matrices and kernels only), >= 0"),
-        "warmup": Option(0.1, _float_range(0.0, 1.0, open_high=True),
+        "batch_size": Option(64, int_range(1, 65536), "images per optimizer step (over all processes)"),
+        "weight_decay": Option(0.05, float_range(0.0, 10.0), "AdamW weight decay (matrices and kernels only), >= 0"),
+        "warmup": Option(0.1, float_range(0.0, 1.0, open_high=True),
                          "fraction of the steps of linear warm-up before the cosine decay, in [0, 1)"),
         "augment": Option("on", choice("on", "off"),
                           "on: pad-and-random-crop (+ horizontal flip where the dataset allows it); off: none"),

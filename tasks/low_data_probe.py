@@ -34,7 +34,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, int_in, positive_int, show_list
+from tasks.base import Option, RunContext, Task, choice, int_range, positive_int, show_list
 from tasks.linear_probe import (
     LinearProbe,
     LogisticRegressionLBFGS,
@@ -155,7 +155,7 @@ class LowDataProbe(Task):
         "shots": Option(list(DEFAULT_SHOTS), _shots,
                         "comma-separated train images per class, e.g. 1,5,10,100 ('paper' adds 4,25,400)",
                         show=show_list),
-        "seeds": Option(5, int_in(1, 1000), "random draws of the labelled images per budget, 1..1000"),
+        "seeds": Option(5, int_range(1, 1000), "random draws of the labelled images per budget, 1..1000"),
         "layer": Option("all", choice("all", "best"),
                         "all: every requested layer; best: only the layer with the best val top-1 of a full "
                         "linear probe"),

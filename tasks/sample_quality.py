@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, float_in, positive_int
+from tasks.base import Option, RunContext, Task, choice, float_range, positive_int
 
 GRID = 64  # samples shown in samples.png
 
@@ -44,7 +44,7 @@ class SampleQuality(Task):
         "extractor": Option(_extractor("classifier"), _extractor,
                             "feature space: classifier (trained here on train), pixels, or inception:PATH "
                             "(torch-fidelity InceptionV3 weights file)"),
-        "temperature": Option(1.0, float_in(0.01, 100.0), "sampling temperature, 0.01..100"),
+        "temperature": Option(1.0, float_range(0.01, 100.0), "sampling temperature, 0.01..100"),
         "batch_size": Option(250, positive_int, "images sampled at once (KV cache memory grows with it)"),
     }
     columns = {("val", "bits_per_dim"): "bits/dim", ("val", "fd"): "FD", ("val", "kid"): "KID",
