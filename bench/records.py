@@ -77,9 +77,9 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same folder and rename it into place, so a file
-    that exists is whole; the mode follows the umask (mkstemp's 0600 would shut out a group
-    sharing the folder)."""
+    """Write ``data`` to a temporary file in the same folder, fsync it and rename it into place, so
+    a file that exists is whole (after a power loss too); the mode follows the umask (mkstemp's
+    0600 would shut out a group sharing the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
@@ -89,6 +89,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -39,6 +39,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.lock import exclusive
+from bench.records import atomic_write_bytes
 
 FORMAT = "igpt-bench/activations"
 FORMAT_VERSION = 1
@@ -203,8 +204,11 @@ class ActivationFile:
         if not self.checksums:
             return "it has no checksums (written by an older igpt-bench)"
         names = ["labels", "indices"] + [f"layers/{layer}" for layer in (layers or self.layers)]
-        with h5py.File(self.path, "r") as f:
-            bad = [n for n in names if n not in f or dataset_checksum(f[n]) != self.checksums.get(n)]
+        try:
+            with h5py.File(self.path, "r") as f:
+                bad = [n for n in names if n not in f or dataset_checksum(f[n]) != self.checksums.get(n)]
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # flipped bytes in HDF5's structures
+            return f"its data cannot be read back ({type(e).__name__})"
         return f"the checksum of {', '.join(bad)} does not match its data (changed since it was written)" if bad else ""
 
 
@@ -276,11 +280,9 @@ def _reusable(out: Path, identity: dict, owned: bool = False) -> tuple[Activatio
                          "choose another --out or delete it")
     try:
         act = open_activations(out)
-        damaged = act.verify()
     except DamagedFile as e:
         return None, str(e).split(": ", 1)[1].split(";")[0]
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # flipped bytes in HDF5's structures
-        return None, f"its data cannot be read back ({type(e).__name__})"
+    damaged = act.verify()
     return (None, damaged) if damaged else (act, "")
 
 
@@ -312,12 +314,7 @@ def _shard_dir(parts: Path, rank: int, world: int) -> Path:
 
 
 def _atomic_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(doc).encode())
 
 
 def _progress(shard: Path, meta: dict) -> int | None:

@@ -238,3 +238,19 @@ def test_sigterm_ends_an_extraction_as_ctrl_c_does_and_the_rerun_resumes(tmp_pat
     assert not (tmp_path / ".a.h5.lock").exists()  # the lock went with the process
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "resumed at row" in again.stdout, again.stderr
+
+
+def test_hdf5_structure_damage_found_on_reuse_is_damage_not_a_crash(bench, tmp_path, monkeypatch):
+    """Bytes flipped inside HDF5's own structures make h5py raise RuntimeError or KeyError on read:
+    verify reports it like a checksum mismatch, for a named file and for a cached superset alike."""
+    out, ref_x, _ = _clean(bench, tmp_path)
+
+    def broken(ds):
+        raise RuntimeError("Can't read data (wrong B-tree signature)")
+
+    monkeypatch.setattr(store, "dataset_checksum", broken)
+    assert open_activations(out).verify() == "its data cannot be read back (RuntimeError)"
+    r = bench(*ARGS, "--out", out)
+    assert r.code == 0 and r.out.startswith("extracted again (its data cannot be read back"), r
+    monkeypatch.undo()
+    np.testing.assert_array_equal(open_activations(out).read("pixels"), ref_x)
