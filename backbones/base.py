@@ -71,8 +71,10 @@ class BackboneOptions:
         if self.image_size is not None and not (isinstance(self.image_size, int)
                                                 and 1 <= self.image_size <= self.MAX_IMAGE_SIZE):
             raise BenchError(f"--image-size must be an integer in 1..{self.MAX_IMAGE_SIZE}, got {self.image_size!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
-            raise BenchError(f"--seed must be an integer in 0..{2**32 - 1}, got {self.seed!r}")
+        from bench.datasets import MAX_SEED
+
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise BenchError(f"--seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

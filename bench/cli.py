@@ -18,6 +18,9 @@ from bench.errors import BenchError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy and scikit-learn take (bench.datasets.MAX_SEED)
+
+
 class Number(click.FloatRange):
     """A float range that refuses NaN and infinities (click's comparisons let NaN through)."""
 
@@ -53,7 +56,7 @@ def backbone_options(f):
     @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights (from the local Hugging Face cache when offline).")
     @click.option("--weights", type=click.Path(), default=None, help="Weights: a .safetensors or state-dict .pth file (read with weights_only=True), or an ImageGPT folder.")
     @click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
-    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+    @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
     @functools.wraps(f)
     def wrapper(*args, backbone, pretrained, weights, image_size, seed, **kw):
         from backbones.base import BackboneOptions
@@ -153,7 +156,7 @@ def backbones_list(pattern):
 @click.option("--pretrained", is_flag=True, help="timm: load timm's pretrained weights.")
 @click.option("--weights", type=click.Path(), default=None, help="Weights file (.safetensors or state-dict .pth) or ImageGPT folder.")
 @click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Input size the backbone resizes to.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for random init.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for random init.")
 def backbones_show(name, dataset, data_root, pretrained, weights, image_size, seed):
     """Show every exportable layer of backbone NAME with its feature width.
 
@@ -280,7 +283,7 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 @click.option("--weights", "weights", multiple=True,
               help="Weights file or folder (repeatable); a quoted glob such as 'RUN/checkpoints/*' runs every match, in step order.")
 @click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
 @click.option("--task", "-t", "task_names", multiple=True, required=True, help="Task name (repeatable); see `bench tasks list`.")
 @click.option("--dataset", "-d", "dataset_names", multiple=True, required=True, help="Dataset name (repeatable); see `bench datasets list`.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files (else $BENCH_DATA_ROOT, else the system place).")
@@ -491,7 +494,7 @@ def _int_list(ctx, param, value):
 @click.option("--save-at", default="", callback=_int_list, help="Comma-separated steps to checkpoint at (the last step always is).")
 @click.option("--colors", type=click.IntRange(min=2, max=4096), default=None, help="Palette size (default 512 for RGB, 16 for grayscale).")
 @click.option("--image-size", type=click.IntRange(min=1, max=128), default=None, help="Train at this square size (default: the dataset's).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for init, palette and data order.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for init, palette and data order.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder: settings, palette, log, checkpoints.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 # The choices are backbones.igpt.train.PRECISIONS, spelled out so that start-up imports no torch.
@@ -529,7 +532,7 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
 @cli.command(context_settings=CONTEXT)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the run, the results JSON and the completions PNG.")
 @click.option("--steps", type=click.IntRange(min=2), default=1200, show_default=True, help="Pretraining steps of the tiny iGPT (about 80 s on 2 cores).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for everything.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for everything.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.pass_context
 def demo(ctx, results_dir, steps, seed, device):
@@ -642,7 +645,7 @@ def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
 @click.option("--temperature", type=Number(0, 100, min_open=True), default=0.07, show_default=True, help="Vote weight exp(similarity / temperature).")
 @click.option("--block-size", type=click.IntRange(min=1), default=32768, show_default=True, help="Bank rows compared with 256 queries at a time (ours).")
 @click.option("--no-sklearn", is_flag=True, help="Time ours only.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of the synthetic features.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the synthetic features.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N] (ours).")
 def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, no_sklearn, seed, device):
     """Our blocked cosine kNN vs scikit-learn brute force on synthetic features: time, memory, agreement.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.datasets import MAX_SEED
 from bench.errors import BenchError
 from bench.runtime import autocast_for, join_processes
 
@@ -104,8 +105,8 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be a positive integer")
-    if not 0 <= cfg.seed <= 2**32 - 1:
-        raise BenchError(f"--seed must be an integer in 0..{2**32 - 1}, got {cfg.seed}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise BenchError(f"--seed must be an integer in 0..{MAX_SEED}, got {cfg.seed}")
     if cfg.image_size is not None and not 1 <= cfg.image_size <= 128:
         raise BenchError(f"--image-size must lie in 1..128 for pretraining (tokens = size²), got {cfg.image_size}")
     if not (0 < cfg.lr <= 1):
