@@ -35,7 +35,7 @@ def _show_grid(grid: list[float]) -> str:
 
 
 DEFAULT_GRID = _grid(",".join(f"{10 ** (e / 2):.3g}" for e in range(-14, 1)))  # 1e-7 ... 1, two per decade
-BLOCK_ROWS = 8192
+BLOCK_ELEMENTS = 1 << 22  # logits per block of rows in the probe's loss: 16 MiB of float32
 
 
 def standardize(train: np.ndarray, *others: np.ndarray):
@@ -78,38 +78,28 @@ class LogisticRegressionLBFGS:
         Q, s = second_moment_basis(X, device)
         return X @ Q, Q, s
 
-    def fit(self, X, y, lam: float, warm: LogisticRegressionLBFGS | None = None, basis=None):
+    def fit(self, X, y, lam: float, warm=None, basis=None):
+        """Fit at strength ``lam``, starting from ``warm``: a fitted classifier, a ``(W, b)`` pair,
+        or None (zeros)."""
         import torch
 
         Z, Q, s = basis if basis is not None else self.eigenbasis(X, self.device)
-        y = torch.as_tensor(y, device=self.device)
-        n, d = Z.shape
+        y = torch.as_tensor(y, device=self.device).long()
+        d = Z.shape[1]
         D = (0.25 * s + lam).rsqrt()[:, None]
-        V = (Q.T @ warm.W) / D if warm is not None else torch.zeros(d, self.k, device=self.device)
-        b = warm.b.clone() if warm is not None else torch.zeros(self.k, device=self.device)
+        if isinstance(warm, LogisticRegressionLBFGS):
+            warm = (warm.W, warm.b)
+        V = ((Q.T @ warm[0]) / D).contiguous() if warm is not None else torch.zeros(d, self.k, device=self.device)
+        b = warm[1].clone() if warm is not None else torch.zeros(self.k, device=self.device)
         V.grad, b.grad = torch.zeros_like(V), torch.zeros_like(b)
-        onehot = torch.nn.functional.one_hot(y, self.k).to(Z.dtype)
         opt = torch.optim.LBFGS([V, b], lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tol,
                                 tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
 
-        # Loss and gradient by hand rather than autograd, in blocks of rows: each block of Z is read
-        # once for the logits and, while still in cache, for its share of the gradient (P - Y)^T Z.
-        # On a CPU the fit is bound by reading Z, so this is ~1.7x faster than autograd.
-        blocks = [(i, min(i + BLOCK_ROWS, n)) for i in range(0, n, BLOCK_ROWS)]
-
         def closure():
             U = D * V  # the weights in the eigenbasis: W = Q U
-            loss = 0.5 * lam * (U * U).sum()
-            gU = torch.zeros(self.k, d, device=Z.device, dtype=Z.dtype)
-            gb = torch.zeros(self.k, device=Z.device, dtype=Z.dtype)
-            for i, e in blocks:
-                logp = torch.log_softmax(torch.addmm(b, Z[i:e], U), dim=1)
-                loss = loss - (logp * onehot[i:e]).sum() / n
-                g = logp.exp_().sub_(onehot[i:e])
-                gU.addmm_(g.t(), Z[i:e])
-                gb += g.sum(0)
-            V.grad.copy_(gU.t()).div_(n).add_(U, alpha=lam).mul_(D)
-            b.grad.copy_(gb).div_(n)
+            loss, gU, gb = loss_and_grad(Z, y, U, b, lam)
+            V.grad.copy_(gU).mul_(D)
+            b.grad.copy_(gb)
             return loss
 
         with torch.no_grad():
@@ -124,6 +114,68 @@ class LogisticRegressionLBFGS:
         with torch.no_grad():
             X = torch.as_tensor(X, device=self.device)
             return (X @ self.W + self.b).argmax(1).cpu().numpy()
+
+
+def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True):
+    """The probe's objective at weights ``U`` (in Z's basis) and bias ``b``, and its gradients
+    (None without ``grad``). Written by hand rather than through autograd, in blocks of rows (one
+    block for Fashion-MNIST's 10 classes): the logits are read once for the loss and turned in place
+    into the softmax minus the one-hot labels; the fit is bound by the two passes over Z, so this is
+    1.4x faster per evaluation than the log_softmax/one-hot form it replaced (31 -> 22 ms on
+    Fashion-MNIST pixels, 2 cores) and ~2x faster than autograd."""
+    import torch
+
+    n, k = len(Z), U.shape[1]
+    step = max(1, BLOCK_ELEMENTS // k)
+    loss = 0.5 * lam * (U * U).sum()
+    gU = torch.zeros(k, U.shape[0], device=U.device, dtype=U.dtype) if grad else None  # transposed
+    gb = torch.zeros_like(b) if grad else None
+    for i in range(0, n, step):
+        z, t = Z[i:i + step], y[i:i + step]
+        logits = torch.addmm(b, z, U)
+        lse = torch.logsumexp(logits, 1)
+        # row by row before summing: the two sums apart would cancel in float32 (each ~ n * |logit|)
+        loss = loss + (lse - logits.gather(1, t[:, None]).squeeze(1)).sum() / n
+        if grad:
+            g = logits.sub_(lse[:, None]).exp_()
+            g[torch.arange(len(t), device=g.device), t] -= 1.0
+            gU.addmm_(g.t(), z, alpha=1.0 / n)
+            gb.add_(g.sum(0), alpha=1.0 / n)
+    if grad:
+        gU = gU.t().add_(U, alpha=lam)  # gU was accumulated transposed
+    return loss, gU, gb
+
+
+def fit_path(basis, y, n_classes: int, grid, max_iter: int = 1000, device: str = "cpu", tol: float = 1e-4):
+    """Fit every strength of ``grid`` (strong -> weak) on one basis, yielding ``(lam, fit)``.
+
+    Each fit starts from the previous fits extrapolated along the regularization path (a
+    polynomial in log lam through the last three, the Lagrange form, so any grid spacing works),
+    unless that start is worse than the last fit itself at the new strength (one forward pass
+    each decides). The solutions move smoothly with log lam, so this cut the L-BFGS evaluations of
+    the default grid on Fashion-MNIST pixels from 927 to ~490 at the same tolerance."""
+    import torch
+
+    Z, Q, _ = basis
+    y = torch.as_tensor(y, device=device).long()
+    done: list[tuple[float, LogisticRegressionLBFGS]] = []
+    for lam in grid:
+        start = None
+        if done:
+            last = done[-1][1]
+            start = (last.W, last.b)
+            if len(done) >= 2:
+                pts = done[-3:]
+                t = [math.log(p[0]) for p in pts]
+                w = [math.prod((math.log(lam) - t[j]) / (t[i] - t[j]) for j in range(len(t)) if j != i)
+                     for i in range(len(t))]
+                guess = (sum(wi * p[1].W for wi, p in zip(w, pts)), sum(wi * p[1].b for wi, p in zip(w, pts)))
+                f = [float(loss_and_grad(Z, y, Q.T @ W, b, lam, grad=False)[0]) for W, b in (guess, start)]
+                if f[0] < f[1]:
+                    start = guess
+        fit = LogisticRegressionLBFGS(n_classes, max_iter, tol, device).fit(None, y, lam, start, basis)
+        done.append((lam, fit))
+        yield lam, fit
 
 
 def second_moment_basis(X, device: str = "cpu"):
@@ -182,11 +234,8 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     Xtr_s, Xva_s = standardize(Xtr, Xva)
     basis = LogisticRegressionLBFGS.eigenbasis(Xtr_s, device)
     best = None
-    warm = None
     worse = 0
-    for i, lam in enumerate(grid):  # strong -> weak, warm-started
-        clf = LogisticRegressionLBFGS(n_classes, max_iter=max_iter, device=device).fit(Xtr_s, ytr, lam, warm, basis)
-        warm = clf
+    for i, (lam, clf) in enumerate(fit_path(basis, ytr, n_classes, grid, max_iter, device)):
         acc, se = top1(clf.predict(Xva_s), yva)
         if on_fit:
             on_fit()

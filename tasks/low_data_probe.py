@@ -3,7 +3,7 @@
 For every budget ``k`` in ``-o shots`` and every draw ``d`` of ``-o seeds``, k train images of
 each class are drawn (stratified; seeded by ``[--seed, d]``; nested: for one draw, the 5-shot set
 contains the 1-shot set, as in VISSL's low-shot benchmarks) and a multinomial logistic regression
-is fitted on them alone for each L2 strength of ``-o l2_grid`` (strong to weak, warm-started).
+is fitted on them alone for each L2 strength of ``-o l2_grid`` (strong to weak, each fit started from the previous ones extrapolated along the path).
 One strength per (layer, k) is chosen by the mean val top-1 over the draws (ties keep the
 stronger); val is the full val split. Test is scored only at that strength, once per draw, and
 nothing is refitted on val.
@@ -37,9 +37,9 @@ from bench.errors import BenchError
 from tasks.base import Option, RunContext, Task, choice, int_range, positive_int, show_list
 from tasks.linear_probe import (
     LinearProbe,
-    LogisticRegressionLBFGS,
     _grid,
     _show_grid,
+    fit_path,
     probe_layer,
     second_moment_basis,
     standardize,
@@ -123,15 +123,13 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
         small = device == "cpu" and len(draws[0][k]) * Xtr_s.shape[1] < ONE_THREAD_BELOW
         for d, rows in enumerate(draws):
             X = torch.as_tensor(Xtr_s[rows[k]], device=device)
-            basis = (X @ Q, Q, s)
-            warm = None
-            for g, lam in enumerate(grid):  # strong -> weak, warm-started
-                clf = LogisticRegressionLBFGS(n_classes, max_iter=max_iter, device=device)
-                with torch_threads(1 if small else None):
-                    warm = fits[k, d, g] = clf.fit(X, ytr[rows[k]], lam, warm, basis)
+            path = fit_path((X @ Q, Q, s), ytr[rows[k]], n_classes, grid, max_iter, device)  # strong -> weak
+            with torch_threads(1 if small else None):
+                for g, (_, clf) in enumerate(path):
+                    fits[k, d, g] = clf
                     val[k][d, g] = top1(clf.predict(Xva_s), yva)[0]
-                if on_fit:
-                    on_fit()
+                    if on_fit:
+                        on_fit()
     out = []
     for k in shots:
         means = val[k].mean(0)
