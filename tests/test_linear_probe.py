@@ -173,3 +173,25 @@ def test_fits_along_the_path_reach_each_cold_fits_minimum():
         # early: 6e-6 lower at lam 1e-3 here)
         assert f_path <= f_cold + 1e-5 * f_cold + 1e-7, (lam, f_path, f_cold)
     assert path_evals < 0.8 * chain_evals, (path_evals, chain_evals)
+
+
+def test_lbfgs_solves_a_badly_scaled_quadratic_and_gives_up_where_float32_does():
+    """The hand-written L-BFGS against the closed form: quadratics with curvatures over six
+    decades with the diagonal scaling the probe passes (a few evaluations), and over two decades
+    without it; and a function whose value never decreases (float32 has run out) ends after one
+    line search, not at max_iter."""
+    import torch
+
+    from tasks.linear_probe import lbfgs
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(50, generator=g, dtype=torch.float64)
+    for decades, scaled, budget in ((6, True, 10), (2, False, 1000)):
+        a = torch.logspace(-decades / 2, decades / 2, 50, dtype=torch.float64)
+        scale = a.rsqrt() if scaled else torch.ones(50, dtype=torch.float64)
+        x, evals = lbfgs(lambda x, a=a: (float(0.5 * (a * x * x).sum() - c @ x), a * x - c),
+                         torch.zeros(50, dtype=torch.float64), scale, 1e-4, budget)
+        assert float((scale * (a * x - c)).abs().max()) <= 1e-4 and evals < budget, (decades, evals)
+        torch.testing.assert_close(x, c / a, rtol=0, atol=1e-3)
+    x, evals = lbfgs(lambda x: (1.0, torch.ones(3)), torch.zeros(3), torch.ones(3), 1e-4, 1000)
+    assert evals == 21 and torch.equal(x, torch.zeros(3))
