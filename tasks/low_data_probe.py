@@ -15,7 +15,7 @@ train split's eigenbasis (``LogisticRegressionLBFGS``'s change of variables hold
 orthogonal basis and positive scaling; only how fast L-BFGS converges depends on the choice: on
 Fashion-MNIST pixels, 15-100 evaluations a fit, about as many as in the subset's own basis). Both
 are computed once per layer, so all draws x budgets share one d x d eigendecomposition. On the
-2-core CPU, pixels on Fashion-MNIST with 1,5,10,100 shots x 5 draws took 14.5 s against 30.6 s
+2-core CPU, pixels on Fashion-MNIST with 1,5,10,100 shots x 5 draws took 9.4 s against 14.1 s
 for one full linear probe (``bench run`` wall times, activations cached).
 
 Records, one per (layer, shots, split): ``top1`` on val and test with ``value`` = the mean over
