@@ -118,7 +118,7 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20):
     iterates as L-BFGS on V = x / scale, whose Hessian the probe's ``scale`` makes nearly the
     identity. It stops when max |scale * gradient| <= tol (the gradient in V), when the value
     changes by less than 1e-10, when 20 halvings of the step find no decrease (float32's limit),
-    or after ``max_iter`` evaluations. The line search backtracks from step 1 to the Armijo
+    or after ``max_iter`` iterations (about as many evaluations: most take the unit step). The line search backtracks from step 1 to the Armijo
     condition (strongly convex in the weights: accepted steps keep positive curvature; a pair
     without it is dropped). Returns (x, evaluations).
 
@@ -129,8 +129,9 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20):
     pairs = []
     s2 = scale * scale
     f, g = fun(x)
-    evals = 1
-    while evals < max_iter and float((scale * g).abs().max()) > tol:
+    evals, iters = 1, 0
+    while iters < max_iter and float((scale * g).abs().max()) > tol:
+        iters += 1
         q, alphas = g.clone(), []
         for s, y in reversed(pairs):
             a = (s @ q) / (s @ y)
@@ -151,7 +152,7 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20):
             x_new = x + t * d
             f_new, g_new = fun(x_new)
             evals += 1
-            if f_new <= f + 1e-4 * t * slope or evals >= max_iter:
+            if f_new <= f + 1e-4 * t * slope:
                 break
             # the minimum of the quadratic through f, the slope and f_new, kept within [t/10, t/2]
             t = min(max(-slope * t * t / (2 * (f_new - f - slope * t)), 0.1 * t), 0.5 * t)
