@@ -3,10 +3,10 @@
 For every budget ``k`` in ``-o shots`` and every draw ``d`` of ``-o seeds``, k train images of
 each class are drawn (stratified; seeded by ``[--seed, d]``; nested: for one draw, the 5-shot set
 contains the 1-shot set, as in VISSL's low-shot benchmarks) and a multinomial logistic regression
-is fitted on them alone for each L2 strength of ``-o l2_grid`` (strong to weak, each fit started from the previous ones extrapolated along the path).
-One strength per (layer, k) is chosen by the mean val top-1 over the draws (ties keep the
-stronger); val is the full val split. Test is scored only at that strength, once per draw, and
-nothing is refitted on val.
+is fitted on them alone for each L2 strength of ``-o l2_grid`` (strong to weak, each fit started
+from the previous ones extrapolated along the path). One strength per (layer, k) is chosen by
+the mean val top-1 over the draws (ties keep the stronger); val is the full val split. Test is
+scored only at that strength, once per draw, and nothing is refitted on val.
 
 What is reused, and why it is valid: the features are standardized by the mean and standard
 deviation of the *full* train split (the train images are all there, only their labels are
