@@ -191,9 +191,9 @@ def test_lbfgs_solves_a_badly_scaled_quadratic_and_gives_up_where_float32_does()
     for decades, scaled, budget in ((6, True, 10), (2, False, 1000)):
         a = torch.logspace(-decades / 2, decades / 2, 50, dtype=torch.float64)
         scale = a.rsqrt() if scaled else torch.ones(50, dtype=torch.float64)
-        x, evals = lbfgs(lambda x, a=a: (float(0.5 * (a * x * x).sum() - c @ x), a * x - c),
+        x, _, evals = lbfgs(lambda x, a=a: (float(0.5 * (a * x * x).sum() - c @ x), a * x - c),
                          torch.zeros(50, dtype=torch.float64), scale, 1e-4, budget)
         assert float((scale * (a * x - c)).abs().max()) <= 1e-4 and evals < budget, (decades, evals)
         torch.testing.assert_close(x, c / a, rtol=0, atol=1e-3)
-    x, evals = lbfgs(lambda x: (1.0, torch.ones(3)), torch.zeros(3), torch.ones(3), 1e-4, 1000)
+    x, _, evals = lbfgs(lambda x: (1.0, torch.ones(3)), torch.zeros(3), torch.ones(3), 1e-4, 1000)
     assert evals <= 21, evals
