@@ -92,7 +92,11 @@ def test_pixels_fashion_mnist_acceptance(bench, tmp_path):
     assert test[0] >= 84.0, recs
 
 
-def test_standardize_matches_the_float64_formula():
+@pytest.mark.parametrize("block_rows", [4096, 64])  # one block; eight, the last one short
+def test_standardize_matches_the_float64_formula(monkeypatch, block_rows):
+    import tasks.linear_probe as lp
+
+    monkeypatch.setattr(lp, "STANDARDIZE_ROWS", block_rows)
     rng = np.random.default_rng(0)
     train = (rng.normal(size=(500, 40)) * rng.uniform(0.1, 1e3, 40) + rng.normal(size=40) * 1e3).astype(np.float32)
     train[:, 3] = 7.0  # a constant column: std counts as 1
@@ -147,6 +151,40 @@ def test_loss_and_grad_match_autograd_in_float64(monkeypatch):
     torch.testing.assert_close(gU, U.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gb, b.grad, rtol=1e-10, atol=1e-12)
     assert float(loss_only) == float(loss) and none_u is None and none_b is None
+
+
+def test_onednn_products_give_the_float64_objective_and_gradients(monkeypatch):
+    """The fast path of the probe's two products (oneDNN's linear, for float32 on the CPU) against
+    the float64 formula through autograd, and against the addmm path on the same float32 inputs,
+    over one block of rows and over four."""
+    import torch
+
+    import tasks.linear_probe as lp
+
+    if lp._LINEAR is None:
+        pytest.skip("this torch has no oneDNN linear: the probe uses addmm, tested above")
+    g = torch.Generator().manual_seed(0)
+    Z64 = torch.randn(300, 20, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (300,), generator=g)
+    U64 = torch.randn(20, 10, generator=g, dtype=torch.float64).requires_grad_()
+    b64 = torch.randn(10, generator=g, dtype=torch.float64).requires_grad_()
+    lam = 0.03
+    ref = torch.nn.functional.cross_entropy(Z64 @ U64 + b64, y) + 0.5 * lam * (U64 * U64).sum()
+    ref.backward()
+    ref = float(ref.detach())
+    Z, U, b = (t.detach().float() for t in (Z64, U64, b64))
+    for block in (1 << 22, 800):
+        monkeypatch.setattr(lp, "BLOCK_ELEMENTS", block)
+        fast = lp.loss_and_grad(Z, y, U, b, lam)
+        monkeypatch.setattr(lp, "_LINEAR", None)
+        plain = lp.loss_and_grad(Z, y, U, b, lam)
+        monkeypatch.undo()
+        monkeypatch.setattr(lp, "BLOCK_ELEMENTS", block)
+        for got in (fast, plain):
+            assert abs(float(got[0]) - ref) <= 1e-6 * ref
+            torch.testing.assert_close(got[1].double(), U64.grad, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[2].double(), b64.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast[1], plain[1], rtol=1e-5, atol=1e-6)
 
 
 def test_fits_along_the_path_reach_each_cold_fits_minimum():
