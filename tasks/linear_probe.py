@@ -128,7 +128,9 @@ class LogisticRegressionLBFGS:
             loss, gU, gb = loss_and_grad(Z, y, x[: d * k].view(d, k), x[d * k:], lam)
             return float(loss), torch.cat([gU.reshape(-1), gb])
 
-        x, self.value, self.n_evals = lbfgs(fun, x, scale, self.tol, self.max_iter)
+        curvature = softmax_curvature(Z, x[: d * k].view(d, k), x[d * k:])
+        x, self.value, self.n_evals = lbfgs(fun, x, scale, self.tol, self.max_iter,
+                                            precondition=kronecker_inverse(s, curvature, lam))
         self.lam, self.W, self.b = lam, Q @ x[: d * k].view(d, k), x[d * k:].clone()
         return self
 
@@ -140,11 +142,60 @@ class LogisticRegressionLBFGS:
             return (X @ self.W + self.b).argmax(1).cpu().numpy()
 
 
-def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20):
+def softmax_curvature(Z, U, b):
+    """The softmax's curvature averaged over the rows, mean_i (diag(p_i) - p_i p_i^T) [k, k], at
+    weights ``U`` (in Z's basis) and bias ``b``: one pass over Z for the probabilities."""
+    import torch
+
+    n, k = len(Z), U.shape[1]
+    step = max(1, BLOCK_ELEMENTS // k)
+    onednn = _LINEAR is not None and Z.device.type == "cpu" and Z.dtype == torch.float32
+    Ut = U.t().contiguous() if onednn else None
+    mean = torch.zeros(k, dtype=torch.float64, device=Z.device)
+    outer = torch.zeros(k, k, dtype=torch.float64, device=Z.device)
+    for i in range(0, n, step):
+        z = Z[i:i + step]
+        p = torch.softmax(_LINEAR(z, Ut, b) if onednn else torch.addmm(b, z, U), 1)
+        mean += p.sum(0, dtype=torch.float64)
+        outer += (p.t() @ p).double()
+    return (torch.diag(mean) - outer) / max(n, 1)
+
+
+def kronecker_inverse(s, curvature, lam: float):
+    """H0 for ``lbfgs`` on the probe's flat (U, b): the inverse of the Hessian's Kronecker
+    approximation, diag(s) (x) A + lam I for U in the eigenbasis and A for b, where A is the
+    softmax curvature averaged over the rows (``softmax_curvature``) and s the eigenvalues of
+    Z^T Z / n. It is the exact Hessian where every row has the same probabilities (a fit from zero
+    weights) and keeps the classes' coupling that a diagonal scaling loses; with A = R diag(a) R^T
+    it is applied as (I (x) R) diag(1 / (s_j a_c + lam)) (I (x) R^T), a d x k x k product. Measured
+    on Fashion-MNIST pixels' default grid: 294-299 L-BFGS evaluations instead of 394-456 with the
+    bound's diag(s / 4 + lam) (the diagonal scaling of the previous fits; what it bounds is the
+    largest softmax curvature, 1/4), and lower objectives at the weak strengths. The bias's
+    direction along all classes at once, where A has no curvature, is left unscaled (the gradient
+    has no component there)."""
+    import torch
+
+    a, R = torch.linalg.eigh(curvature.cpu().double())
+    a = a.clamp(min=0)
+    a_bias = torch.where(a > 1e-8 * max(float(a.max()), 1e-300), a, torch.ones_like(a))
+    dtype, device = s.dtype, s.device
+    R, a, a_bias = (t.to(device=device, dtype=dtype) for t in (R, a, a_bias))
+    inv = 1.0 / (s[:, None] * a[None, :] + lam)  # [d, k]
+    d, k = len(s), len(a)
+
+    def apply(q):
+        qU, qb = q[: d * k].view(d, k), q[d * k:]
+        return torch.cat([(((qU @ R) * inv) @ R.t()).reshape(-1), ((qb @ R) / a_bias) @ R.t()])
+
+    return apply
+
+
+def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondition=None):
     """Minimize ``fun`` (x -> (value, gradient), flat tensors) from ``x`` by L-BFGS.
 
-    The initial inverse Hessian is gamma * diag(scale^2) (gamma from the newest pair): the same
-    iterates as L-BFGS on V = x / scale, whose Hessian the probe's ``scale`` makes nearly the
+    The initial inverse Hessian is gamma * H0 (gamma from the newest pair), where H0 is
+    ``precondition`` (a symmetric positive definite map q -> H0 q) or else diag(scale^2): then the
+    same iterates as L-BFGS on V = x / scale, whose Hessian the probe's ``scale`` makes nearly the
     identity. It stops when max |scale * gradient| <= tol (the gradient in V), when the value
     changes by less than 1e-10, when 20 ever shorter trial steps find no sufficient decrease, or
     after ``max_iter`` iterations (about as many evaluations: most take the unit step). The line
@@ -161,6 +212,7 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20):
 
     pairs = []
     s2 = scale * scale
+    h0 = precondition or (lambda q: s2 * q)
     eps = torch.finfo(x.dtype).eps
     f, g = fun(x)
     evals, iters = 1, 0
@@ -173,14 +225,14 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20):
             q -= a * y
         if pairs:
             s, y = pairs[-1]
-            q *= s2 * ((s @ y) / (y @ (s2 * y)))
+            q = h0(q) * ((s @ y) / (y @ h0(y)))
         else:
-            q *= s2 * min(1.0, 1.0 / float((scale * g).abs().sum()))
+            q = h0(q) * min(1.0, 1.0 / float((scale * g).abs().sum()))
         for (s, y), a in zip(pairs, reversed(alphas)):
             q += (a - (y @ q) / (s @ y)) * s
         d, slope, t = -q, -float(g @ q), 1.0
         if slope >= 0:  # not a descent direction (rounding): restart from the scaled gradient
-            pairs, d = [], -s2 * g
+            pairs, d = [], -h0(g)
             slope, t = float(g @ d), min(1.0, 1.0 / float((scale * g).abs().sum()))
         for _ in range(20):
             x_new = x + t * d

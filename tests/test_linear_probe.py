@@ -116,7 +116,7 @@ def test_warm_refit_in_the_train_basis_reaches_the_cold_fits_minimum():
 
     d = load_split("digits", "train")
     X, y = standardize(_pixels(d))[0], d.labels
-    lam, cut = 1e-3, 1000
+    lam, cut = 1e-3, int(0.9 * len(X))  # train is nine tenths of train+val, as bench carves val
     train = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X[:cut], y[:cut], lam)
     _, Q, s = LogisticRegressionLBFGS.eigenbasis(X[:cut])
     warm = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam, warm=train,
@@ -187,6 +187,56 @@ def test_onednn_products_give_the_float64_objective_and_gradients(monkeypatch):
         torch.testing.assert_close(fast[1], plain[1], rtol=1e-5, atol=1e-6)
 
 
+def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_probabilities():
+    """At zero weights every row has the same probabilities (those of the bias), and there the
+    Kronecker approximation is the Hessian itself: H0 applied after the exact Hessian (autograd,
+    float64) gives back any vector off the one flat direction (all classes' biases at once)."""
+    import torch
+
+    from tasks.linear_probe import kronecker_inverse, second_moment_basis, softmax_curvature
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    X -= X.mean(0)  # standardized features: centred, so the weights and the bias do not couple
+    Q, s = second_moment_basis(X)
+    Z, y, lam, k = X @ Q, torch.randint(0, 4, (400,), generator=g), 0.01, 4
+    U0, b0 = torch.zeros(6, k, dtype=torch.float64), torch.randn(k, generator=g, dtype=torch.float64)
+
+    def objective(flat):
+        U, b = flat[:6 * k].view(6, k), flat[6 * k:]
+        return torch.nn.functional.cross_entropy(Z @ U + b, y) + 0.5 * lam * (U * U).sum()
+
+    H = torch.autograd.functional.hessian(objective, torch.cat([U0.reshape(-1), b0]))
+    apply = kronecker_inverse(s, softmax_curvature(Z, U0, b0), lam)
+    v = torch.randn(7 * k, generator=g, dtype=torch.float64)
+    v[6 * k:] -= v[6 * k:].mean()  # off the flat direction
+    torch.testing.assert_close(apply(H @ v), v, rtol=1e-8, atol=1e-10)
+
+
+def test_kronecker_preconditioner_saves_evaluations_along_the_path(monkeypatch):
+    """The probe's fits with the Kronecker H0 against the same fits with the diagonal scaling
+    alone (the simple path): both meet the same stopping rule, objectives within the rule's
+    reach, and the Kronecker fits need fewer evaluations (measured on digits' default grid: 82
+    against 138; Fashion-MNIST pixels: 312 against 394). Evaluations are counted at the probe's
+    tolerance (1e-4), objectives compared at 1e-6, where the two can be held close (there the
+    saving is smaller: 575 against 653 on digits)."""
+    import tasks.linear_probe as lp
+
+    d = load_split("digits", "train")
+    X, y = standardize(_pixels(d))[0], d.labels
+    basis = LogisticRegressionLBFGS.eigenbasis(X)
+    runs = {}
+    for mode in ("kronecker", "diagonal"):
+        if mode == "diagonal":
+            monkeypatch.setattr(lp, "kronecker_inverse", lambda *args: None)
+        evals = sum(fit.n_evals for _, fit in lp.fit_path(basis, y, 10, lp.DEFAULT_GRID))
+        tight = lp.fit_path(basis, y, 10, lp.DEFAULT_GRID, max_iter=5000, tol=1e-6)
+        runs[mode] = (evals, [objective(X, y, fit.W, fit.b, lam) for lam, fit in tight])
+    for f_k, f_d in zip(runs["kronecker"][1], runs["diagonal"][1]):
+        assert abs(f_k - f_d) <= 1e-5 * f_d + 1e-6, (f_k, f_d)
+    assert runs["kronecker"][0] < 0.8 * runs["diagonal"][0], (runs["kronecker"][0], runs["diagonal"][0])
+
+
 def test_fits_along_the_path_reach_each_cold_fits_minimum():
     """The grid walk's fast path (each fit started from the previous ones extrapolated in log
     lam, on a grid with uneven steps) against the simple one: a cold fit at every strength, both
@@ -235,3 +285,9 @@ def test_lbfgs_solves_a_badly_scaled_quadratic_and_gives_up_where_float32_does()
         torch.testing.assert_close(x, c / a, rtol=0, atol=1e-3)
     x, _, evals = lbfgs(lambda x: (1.0, torch.ones(3)), torch.zeros(3), torch.ones(3), 1e-4, 1000)
     assert evals <= 21, evals
+    # with the exact inverse Hessian as H0 (``precondition``), the first step lands on the minimum
+    a = torch.logspace(-3, 3, 50, dtype=torch.float64)
+    x, _, evals = lbfgs(lambda x: (float(0.5 * (a * x * x).sum() - c @ x), a * x - c), c / a + 1e-6,
+                        torch.ones(50, dtype=torch.float64), 1e-8, 1000, precondition=lambda q: q / a)
+    torch.testing.assert_close(x, c / a, rtol=1e-9, atol=1e-9)
+    assert evals <= 3, evals
