@@ -128,6 +128,22 @@ def test_warm_refit_in_the_train_basis_reaches_the_cold_fits_minimum():
     assert warm.n_evals < cold.n_evals  # the point of the warm start
 
 
+def _small_problem():
+    """300 rows x 20 features and 10 classes in float64, with the objective's value and gradients
+    through autograd: (Z, y, U, b, lam, (value, dU, db))."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(300, 20, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (300,), generator=g)
+    U = torch.randn(20, 10, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(10, generator=g, dtype=torch.float64).requires_grad_()
+    lam = 0.03
+    value = torch.nn.functional.cross_entropy(Z @ U + b, y) + 0.5 * lam * (U * U).sum()
+    value.backward()
+    return Z, y, U.detach(), b.detach(), lam, (value.detach(), U.grad, b.grad)
+
+
 def test_loss_and_grad_match_autograd_in_float64(monkeypatch):
     """The hand-written objective and gradients against the plain formula through autograd, over
     several blocks of rows (the block size shrunk so that 300 rows make four)."""
@@ -136,20 +152,12 @@ def test_loss_and_grad_match_autograd_in_float64(monkeypatch):
     import tasks.linear_probe as lp
 
     monkeypatch.setattr(lp, "BLOCK_ELEMENTS", 800)  # 80 rows a block at 10 classes
-    g = torch.Generator().manual_seed(0)
-    Z = torch.randn(300, 20, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 10, (300,), generator=g)
-    U = torch.randn(20, 10, generator=g, dtype=torch.float64).requires_grad_()
-    b = torch.randn(10, generator=g, dtype=torch.float64).requires_grad_()
-    lam = 0.03
-    ref = torch.nn.functional.cross_entropy(Z @ U + b, y) + 0.5 * lam * (U * U).sum()
-    ref.backward()
-    with torch.no_grad():
-        loss, gU, gb = lp.loss_and_grad(Z, y, U.detach(), b.detach(), lam)
-        loss_only, none_u, none_b = lp.loss_and_grad(Z, y, U.detach(), b.detach(), lam, grad=False)
-    torch.testing.assert_close(loss, ref.detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gU, U.grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(gb, b.grad, rtol=1e-10, atol=1e-12)
+    Z, y, U, b, lam, (ref, dU, db) = _small_problem()
+    loss, gU, gb = lp.loss_and_grad(Z, y, U, b, lam)
+    loss_only, none_u, none_b = lp.loss_and_grad(Z, y, U, b, lam, grad=False)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gU, dU, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gb, db, rtol=1e-10, atol=1e-12)
     assert float(loss_only) == float(loss) and none_u is None and none_b is None
 
 
@@ -161,30 +169,21 @@ def test_onednn_products_give_the_float64_objective_and_gradients(monkeypatch):
 
     import tasks.linear_probe as lp
 
-    if lp._LINEAR is None:
+    onednn = lp._onednn_linear()
+    if onednn is None:
         pytest.skip("this torch has no oneDNN linear: the probe uses addmm, tested above")
-    g = torch.Generator().manual_seed(0)
-    Z64 = torch.randn(300, 20, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 10, (300,), generator=g)
-    U64 = torch.randn(20, 10, generator=g, dtype=torch.float64).requires_grad_()
-    b64 = torch.randn(10, generator=g, dtype=torch.float64).requires_grad_()
-    lam = 0.03
-    ref = torch.nn.functional.cross_entropy(Z64 @ U64 + b64, y) + 0.5 * lam * (U64 * U64).sum()
-    ref.backward()
-    ref = float(ref.detach())
-    Z, U, b = (t.detach().float() for t in (Z64, U64, b64))
+    Z64, y, U64, b64, lam, (ref, dU, db) = _small_problem()
+    Z, U, b = Z64.float(), U64.float(), b64.float()
     for block in (1 << 22, 800):
         monkeypatch.setattr(lp, "BLOCK_ELEMENTS", block)
-        fast = lp.loss_and_grad(Z, y, U, b, lam)
-        monkeypatch.setattr(lp, "_LINEAR", None)
-        plain = lp.loss_and_grad(Z, y, U, b, lam)
-        monkeypatch.undo()
-        monkeypatch.setattr(lp, "BLOCK_ELEMENTS", block)
-        for got in (fast, plain):
-            assert abs(float(got[0]) - ref) <= 1e-6 * ref
-            torch.testing.assert_close(got[1].double(), U64.grad, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(got[2].double(), b64.grad, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(fast[1], plain[1], rtol=1e-5, atol=1e-6)
+        got = {}
+        for name, op in (("onednn", onednn), ("addmm", None)):
+            monkeypatch.setattr(lp, "_onednn_linear", lambda op=op: op)
+            got[name] = lp.loss_and_grad(Z, y, U, b, lam)
+            assert abs(float(got[name][0]) - float(ref)) <= 1e-6 * float(ref)
+            torch.testing.assert_close(got[name][1].double(), dU, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[name][2].double(), db, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["onednn"][1], got["addmm"][1], rtol=1e-5, atol=1e-6)
 
 
 def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_probabilities():
