@@ -57,10 +57,12 @@ def extract(
 ) -> tuple[ActivationFile, str]:
     """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default).
     ``precision``: fp32, or bf16 (autocast around the forward; stored as float32)."""
-    from bench.runtime import autocast_for, join_processes, resolve_precision
+    from bench.runtime import autocast_for, join_processes, resolve_precision, warn_slow_bf16
 
     precision = resolve_precision(precision, device)
     rank, world, device, _ = join_processes(device)  # under torchrun each rank extracts a shard of rows
+    if rank == 0:
+        warn_slow_bf16(precision, device, log)
     layers = backbone.check_layers(layers)
     ident = identity_of(backbone, data, layers, limit, seed, precision)
     if not out:

@@ -168,6 +168,7 @@ def flops_rows(quick: bool) -> list[Row]:
 
     from backbones.base import _count_cpu_attention
     from backbones.igpt.model import IGPTConfig, ImageGPT
+    from bench.runtime import cpu_bf16_hardware
 
     _count_cpu_attention()
     tokens, batch, repeat = (256, 2, 2) if quick else (1024, 4, 3)
@@ -190,22 +191,12 @@ def flops_rows(quick: bool) -> list[Row]:
             t16 = _median_time(run, repeat)
             low = run()["final"].float()
         cos = float(torch.nn.functional.cosine_similarity(low.flatten(1), ref.flatten(1)).min())
-    bf16_cpu = _bf16_hardware()
+    bf16_cpu = cpu_bf16_hardware()
     rows.append(Row("bf16", f"same forward, bf16 autocast vs fp32 ({bf16_cpu or 'no bf16 hardware'})", t16, t32,
                     ratio=t32 / t16, target=">= 1.6x where the CPU has AVX512-BF16 or AMX",
                     met=(t32 / t16 >= 1.6) if bf16_cpu else None, check=f"min cosine of final states {cos:.4f}",
                     ok=cos > 0.99))
     return rows
-
-
-def _bf16_hardware() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return None
-    found = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
-    return " + ".join(found) or None
 
 
 def probe_rows(quick: bool, data_root=None) -> list[Row]:

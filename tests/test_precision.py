@@ -36,3 +36,17 @@ def test_bf16_results_are_apart_from_fp32_ones(bench, tmp_path):
     assert sorted(run["config"]["precision"] for run in runs) == ["bf16", "fp32"]
     r = bench(*args, "--precision", "auto")  # fp32 on a CPU: the first run, done already
     assert r.code == 0 and "skipped" in r.out, r
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch):
+    """Where the CPU has neither AVX512-BF16 nor AMX, bf16 autocast is emulated and slower than
+    fp32 (bench perf's bf16 row: 0.15x on an AVX2-only EPYC): the run says so; fp32 says nothing,
+    and neither does bf16 where the instructions are there."""
+    import bench.runtime as runtime
+
+    common = dict(layers="final", limit=40, cache=tmp_path / "cache")
+    for hardware, precision, warned in ((None, "bf16", True), (None, "fp32", False), ("amx_bf16", "bf16", False)):
+        monkeypatch.setattr(runtime, "cpu_bf16_hardware", lambda hardware=hardware: hardware)
+        lines = []
+        api.extract("igpt-tiny", "digits", "val", precision=precision, log=lines.append, **common)
+        assert any("without AVX512-BF16 or AMX" in line for line in lines) == warned, (hardware, precision, lines)

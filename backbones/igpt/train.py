@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.datasets import MAX_SEED
 from bench.errors import BenchError
-from bench.runtime import autocast_for, join_processes
+from bench.runtime import autocast_for, join_processes, warn_slow_bf16
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
 from .model import IGPTConfig, ImageGPT, shape_config, with_sos
@@ -198,6 +198,8 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     if compile:
         net = torch.compile(net)
     autocast = autocast_for(cfg.precision, device)
+    if main:
+        warn_slow_bf16(cfg.precision, device, log)
     saves = set(cfg.save_at) | {cfg.steps}
     per_rank = cfg.batch_size // world
     t0 = time.time()
