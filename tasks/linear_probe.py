@@ -5,9 +5,10 @@ Objective (the same minimizer as scikit-learn's ``LogisticRegression(C=1/(lam*n)
 
     mean cross-entropy(X W + b, y) + lam/2 * ||W||^2     (bias not penalized)
 
-solved full-batch by L-BFGS in torch (``lbfgs``), preconditioned in the features' eigenbasis
-by the inverse of the Hessian's Kronecker approximation (``kronecker_inverse``), walking the grid from strong to weak and starting each fit from the previous ones extrapolated
-along the regularization path (``fit_path``). Written by hand because looping sklearn refits
+solved full-batch by L-BFGS in torch (``lbfgs``) in the features' eigenbasis, its steps shaped by
+the inverse of the Hessian's Kronecker approximation (``kronecker_inverse``), walking the grid
+from strong to weak and starting each fit from the previous ones extrapolated along the
+regularization path (``fit_path``). Written by hand because looping sklearn refits
 from scratch at every strength on one core; ``bench benchmark probe`` measures both on the same
 grid, and ``bench perf --only probe`` the whole grid against one sklearn fit.
 """
@@ -171,9 +172,9 @@ def kronecker_inverse(s, curvature, lam: float):
     Z^T Z / n. It is the exact Hessian where every row has the same probabilities (a fit from zero
     weights) and keeps the classes' coupling that a diagonal scaling loses; with A = R diag(a) R^T
     it is applied as (I (x) R) diag(1 / (s_j a_c + lam)) (I (x) R^T), a d x k x k product. Measured
-    on Fashion-MNIST pixels' default grid: 294-299 L-BFGS evaluations instead of 394-456 with the
-    bound's diag(s / 4 + lam) (the diagonal scaling of the previous fits; what it bounds is the
-    largest softmax curvature, 1/4), and lower objectives at the weak strengths. The bias's
+    on Fashion-MNIST pixels' default grid: 312 L-BFGS evaluations instead of 394-456 with the
+    bound's diag(s / 4 + lam) alone (the diagonal scaling, which bounds the largest softmax
+    curvature, 1/4), and lower objectives at most strengths; digits: 82 instead of 138. The bias's
     direction along all classes at once, where A has no curvature, is left unscaled (the gradient
     has no component there)."""
     import torch
