@@ -76,7 +76,11 @@ def warn_slow_bf16(precision: str, device: str, log) -> None:
     """Log a warning when bf16 runs on a CPU without bf16 instructions: there autocast emulates
     bf16, and it is slower than fp32, not faster (``bench perf``'s bf16 row on the 2-core AMD
     EPYC, AVX2 only: iGPT-S forward 35.7 s under bf16 against 5.3 s in fp32)."""
-    if precision == "bf16" and not str(device).startswith("cuda") and cpu_bf16_hardware() is None:
+    import platform
+
+    if precision != "bf16" or str(device).startswith("cuda") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return  # other CPUs name their bf16 instructions otherwise (Arm: bf16): no guess about them
+    if os.path.exists("/proc/cpuinfo") and cpu_bf16_hardware() is None:
         log("warning: bf16 on a CPU without AVX512-BF16 or AMX is emulated and several times slower than "
             "fp32; use --precision fp32 (or auto) here")
 
