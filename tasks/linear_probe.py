@@ -151,18 +151,14 @@ def softmax_curvature(Z, U, b):
     weights ``U`` (in Z's basis) and bias ``b``: one pass over Z for the probabilities."""
     import torch
 
-    n, k = len(Z), U.shape[1]
-    step = max(1, BLOCK_ELEMENTS // k)
-    linear = _linear_for(Z)
-    Ut = U.t().contiguous() if linear else None
+    k = U.shape[1]
     mean = torch.zeros(k, dtype=torch.float64, device=Z.device)
     outer = torch.zeros(k, k, dtype=torch.float64, device=Z.device)
-    for i in range(0, n, step):
-        z = Z[i:i + step]
-        p = torch.softmax(linear(z, Ut, b) if linear else torch.addmm(b, z, U), 1)
+    for _, logits in logit_blocks(Z, U, b):
+        p = torch.softmax(logits, 1)
         mean += p.sum(0, dtype=torch.float64)
         outer += (p.t() @ p).double()
-    return (torch.diag(mean) - outer) / max(n, 1)
+    return (torch.diag(mean) - outer) / max(len(Z), 1)
 
 
 def kronecker_inverse(s, curvature, lam: float):
@@ -290,6 +286,19 @@ def _linear_for(Z):
     return _onednn_linear() if Z.device.type == "cpu" and Z.dtype == torch.float32 else None
 
 
+def logit_blocks(Z, U, b):
+    """``(rows, logits)`` for consecutive blocks of Z's rows (``rows`` a slice; at most
+    ``BLOCK_ELEMENTS`` logits a block): z U + b through oneDNN where it serves Z, else addmm."""
+    import torch
+
+    step = max(1, BLOCK_ELEMENTS // U.shape[1])
+    linear = _linear_for(Z)
+    Ut = U.t().contiguous() if linear else None
+    for i in range(0, len(Z), step):
+        rows = slice(i, i + step)
+        yield rows, linear(Z[rows], Ut, b) if linear else torch.addmm(b, Z[rows], U)
+
+
 def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True):
     """The probe's objective at weights ``U`` (in Z's basis) and bias ``b``, and its gradients
     (None without ``grad``). Written by hand rather than through autograd, in blocks of rows (one
@@ -303,15 +312,12 @@ def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True):
     import torch
 
     n, k = len(Z), U.shape[1]
-    step = max(1, BLOCK_ELEMENTS // k)
     linear = _linear_for(Z)
-    Ut = U.t().contiguous() if linear else None
     loss = 0.5 * lam * (U * U).sum(dtype=torch.float64)
     gU = torch.zeros(k, U.shape[0], device=U.device, dtype=U.dtype) if grad else None  # transposed
     gb = torch.zeros_like(b) if grad else None
-    for i in range(0, n, step):
-        z, t = Z[i:i + step], y[i:i + step]
-        logits = linear(z, Ut, b) if linear else torch.addmm(b, z, U)
+    for rows, logits in logit_blocks(Z, U, b):
+        z, t = Z[rows], y[rows]
         lse = torch.logsumexp(logits, 1)
         # row by row before summing: the two sums apart would cancel in float32 (each ~ n * |logit|)
         loss = loss + (lse - logits.gather(1, t[:, None]).squeeze(1)).sum(dtype=torch.float64) / n
