@@ -123,7 +123,7 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
         small = device == "cpu" and len(draws[0][k]) * Xtr_s.shape[1] < ONE_THREAD_BELOW
         for d, rows in enumerate(draws):
             X = torch.as_tensor(Xtr_s[rows[k]], device=device)
-            path = fit_path((X @ Q, Q, s), ytr[rows[k]], n_classes, grid, max_iter, device)  # strong -> weak
+            path = fit_path((X, Q, s), ytr[rows[k]], n_classes, grid, max_iter, device)  # strong -> weak
             with torch_threads(1 if small else None):
                 for g, (_, clf) in enumerate(path):
                     fits[k, d, g] = clf

@@ -120,7 +120,7 @@ def test_warm_refit_in_the_train_basis_reaches_the_cold_fits_minimum():
     train = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X[:cut], y[:cut], lam)
     _, Q, s = LogisticRegressionLBFGS.eigenbasis(X[:cut])
     warm = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam, warm=train,
-                                                                   basis=(torch.as_tensor(X) @ Q, Q, s))
+                                                                   basis=(torch.as_tensor(X), Q, s))
     cold = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(X, y, lam)
     f_warm = objective(X, y, warm.W.numpy(), warm.b.numpy(), lam)
     f_cold = objective(X, y, cold.W.numpy(), cold.b.numpy(), lam)
@@ -202,10 +202,10 @@ def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_pro
     U0, b0 = torch.zeros(6, k, dtype=torch.float64), torch.randn(k, generator=g, dtype=torch.float64)
 
     def objective(flat):
-        U, b = flat[:6 * k].view(6, k), flat[6 * k:]
+        U, b = flat[:6 * k].view(k, 6).t(), flat[6 * k:]
         return torch.nn.functional.cross_entropy(Z @ U + b, y) + 0.5 * lam * (U * U).sum()
 
-    H = torch.autograd.functional.hessian(objective, torch.cat([U0.reshape(-1), b0]))
+    H = torch.autograd.functional.hessian(objective, torch.cat([U0.t().reshape(-1), b0]))
     apply = kronecker_inverse(s, softmax_curvature(Z, U0, b0), lam)
     v = torch.randn(7 * k, generator=g, dtype=torch.float64)
     v[6 * k:] -= v[6 * k:].mean()  # off the flat direction
@@ -214,11 +214,12 @@ def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_pro
 
 def test_kronecker_preconditioner_saves_evaluations_along_the_path(monkeypatch):
     """The probe's fits with the Kronecker H0 against the same fits with the diagonal scaling
-    alone (the simple path): both meet the same stopping rule, objectives within the rule's
-    reach, and the Kronecker fits need fewer evaluations (measured on digits' default grid: 82
-    against 138; Fashion-MNIST pixels: 312 against 394). Evaluations are counted at the probe's
-    tolerance (1e-4), objectives compared at 1e-6, where the two can be held close (there the
-    saving is smaller: 575 against 653 on digits)."""
+    alone (the simple path): both meet the same stopping rule, the Kronecker fits end no higher
+    than the diagonal ones, and they need fewer evaluations (measured on digits' default grid: 82
+    against 132-138; Fashion-MNIST pixels: 312 against 394). Evaluations are counted at the probe's
+    tolerance (1e-4), objectives compared at 1e-6, where the diagonal fits are close to their
+    minimum too (at the weakest strengths they stop on an unchanged value: up to 1.2e-6 higher,
+    which is rounding's doing and differs between runs; the Kronecker fits were never higher)."""
     import tasks.linear_probe as lp
 
     d = load_split("digits", "train")
@@ -232,7 +233,7 @@ def test_kronecker_preconditioner_saves_evaluations_along_the_path(monkeypatch):
         tight = lp.fit_path(basis, y, 10, lp.DEFAULT_GRID, max_iter=5000, tol=1e-6)
         runs[mode] = (evals, [objective(X, y, fit.W, fit.b, lam) for lam, fit in tight])
     for f_k, f_d in zip(runs["kronecker"][1], runs["diagonal"][1]):
-        assert abs(f_k - f_d) <= 1e-5 * f_d + 1e-6, (f_k, f_d)
+        assert f_k <= f_d + 1e-5 * f_d + 1e-7, (f_k, f_d)
     assert runs["kronecker"][0] < 0.8 * runs["diagonal"][0], (runs["kronecker"][0], runs["diagonal"][0])
 
 
@@ -241,7 +242,9 @@ def test_fits_along_the_path_reach_each_cold_fits_minimum():
     lam, on a grid with uneven steps) against the simple one: a cold fit at every strength, both
     run to a tight tolerance, compared by what they minimize (the path's may only be lower). The
     walk along the path also needs fewer evaluations than warm starts from the last fit alone
-    (measured on this grid: about half; the assertion keeps a wide margin)."""
+    (measured on this grid: about half with the diagonal scaling; with the Kronecker H0, which
+    makes every warm start cheaper, 0.73-0.91 of them, the spread being float rounding's: the
+    pixels' scale alone moves it, so the assertion asks for fewer only)."""
     from tasks.linear_probe import fit_path
 
     d = load_split("digits", "train")
@@ -259,7 +262,7 @@ def test_fits_along_the_path_reach_each_cold_fits_minimum():
         # not above the cold fit's minimum (it ends below it at weak L2, where the cold fit stops
         # early: 6e-6 lower at lam 1e-3 here)
         assert f_path <= f_cold + 1e-5 * f_cold + 1e-7, (lam, f_path, f_cold)
-    assert path_evals < 0.8 * chain_evals, (path_evals, chain_evals)
+    assert path_evals < chain_evals, (path_evals, chain_evals)
     # a repeated strength (a direct caller's grid; -o l2_grid removes repeats) is one point of the path
     assert [lam for lam, _ in fit_path(basis, y, 10, [0.1, 0.1, 0.01, 3e-3])] == [0.1, 0.1, 0.01, 3e-3]
 

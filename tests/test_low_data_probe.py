@@ -46,7 +46,7 @@ def test_a_subset_fit_in_the_full_train_basis_reaches_sklearns_minimum(lam):
     Q, s = second_moment_basis(X)
     rows = sample_shots(d.labels, [10], seed=0, draw=0)[10]
     Xs, ys = X[rows], d.labels[rows]
-    ours = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(Xs, ys, lam, basis=(torch.as_tensor(Xs) @ Q, Q, s))
+    ours = LogisticRegressionLBFGS(10, tol=1e-6, max_iter=5000).fit(Xs, ys, lam, basis=(torch.as_tensor(Xs), Q, s))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = LogisticRegression(C=1 / (lam * len(Xs)), max_iter=5000, tol=1e-8).fit(Xs, ys)
