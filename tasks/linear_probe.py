@@ -398,7 +398,7 @@ def fit_path(basis, y, n_classes: int, grid, max_iter: int = 1000, device: str =
 
 def second_moment_basis(X, device: str = "cpu"):
     """(Q, s): the eigenvectors and eigenvalues of X^T X / n, the basis of ``LogisticRegressionLBFGS``'s
-    preconditioner; a fit on rows ``idx`` of X alone may pass ``basis=(X[idx] @ Q, Q, s)``."""
+    preconditioner; a fit on rows ``idx`` of X alone may pass ``basis=(X[idx], Q, s)``."""
     import torch
 
     X = torch.as_tensor(X, device=device)
