@@ -39,6 +39,7 @@ from tasks.linear_probe import (
     LinearProbe,
     _grid,
     _show_grid,
+    as_features,
     fit_path,
     probe_layer,
     second_moment_basis,
@@ -112,7 +113,6 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
                    max_iter: int = 1000, device: str = "cpu", on_fit=None) -> list[dict]:
     """The low-data probe of one layer: a record-shaped dict per (shots, split, metric), without
     ``layer`` (see the module docstring for what each holds)."""
-    import torch
 
     Xtr_s, Xva_s, Xte_s = standardize(Xtr, Xva, Xte)
     Q, s = second_moment_basis(Xtr_s, device)
@@ -122,7 +122,7 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
     for k in shots:
         small = device == "cpu" and len(draws[0][k]) * Xtr_s.shape[1] < ONE_THREAD_BELOW
         for d, rows in enumerate(draws):
-            X = torch.as_tensor(Xtr_s[rows[k]], device=device)
+            X = as_features(Xtr_s[rows[k]], device)
             path = fit_path((X, Q, s), ytr[rows[k]], n_classes, grid, max_iter, device)  # strong -> weak
             with torch_threads(1 if small else None):
                 for g, (_, clf) in enumerate(path):

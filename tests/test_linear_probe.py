@@ -293,3 +293,20 @@ def test_lbfgs_solves_a_badly_scaled_quadratic_and_gives_up_where_float32_does()
                         torch.ones(50, dtype=torch.float64), 1e-8, 1000, precondition=lambda q: q / a)
     torch.testing.assert_close(x, c / a, rtol=1e-9, atol=1e-9)
     assert evals <= 3, evals
+
+
+def test_features_for_the_fits_start_on_a_64_byte_boundary():
+    """as_features: the fits' products read X from a 64-byte boundary (oneDNN's transposed read is
+    ~1.7x slower off one); a misaligned array is copied, an aligned tensor is used in place."""
+    import torch
+
+    from tasks.linear_probe import as_features
+
+    buf = torch.arange(64 * 33, dtype=torch.float32)
+    aligned = buf[(-buf.data_ptr() % 64) // 4:][: 64 * 32].view(64, 32)
+    misaligned = buf[(-buf.data_ptr() % 64) // 4 + 1:][: 64 * 32].view(64, 32)
+    assert aligned.data_ptr() % 64 == 0 and misaligned.data_ptr() % 64 != 0
+    assert as_features(aligned).data_ptr() == aligned.data_ptr()
+    for source in (misaligned, misaligned.numpy()):
+        got = as_features(source)
+        assert got.data_ptr() % 64 == 0 and torch.equal(got, torch.as_tensor(source))
