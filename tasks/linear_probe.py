@@ -462,7 +462,6 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     ``patience`` > 0 stops the walk (strong -> weak) after that many strengths in a row below the
     best val accuracy; the weak end of the grid is where L-BFGS needs the most iterations.
     """
-
     Xtr_s, Xva_s = standardize(Xtr, Xva)
     basis = LogisticRegressionLBFGS.eigenbasis(Xtr_s, device)
     best = None
