@@ -144,9 +144,8 @@ class LogisticRegressionLBFGS:
             return float(loss), torch.cat([gW.t().reshape(-1), gb])
 
         curvature = softmax_curvature(X, x[: k * d].view(k, d).t(), x[k * d:])
-        Mt = M.t().contiguous()
         h0 = kronecker_inverse(s, curvature, lam, Q) or (  # or the diagonal scaling alone: M M^T
-            lambda q: torch.cat([(q[: k * d].view(k, d) @ M @ Mt).reshape(-1), q[k * d:]]))
+            lambda q: torch.cat([(q[: k * d].view(k, d) @ M @ M.t()).reshape(-1), q[k * d:]]))
         x, self.value, self.n_evals = lbfgs(fun, x, to_v, self.tol, self.max_iter, precondition=h0)
         self.lam, self.W, self.b = lam, x[: k * d].view(k, d).t().contiguous(), x[k * d:].clone()
         return self
@@ -254,7 +253,8 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondit
     if callable(scale) and precondition is None:
         raise ValueError("lbfgs: a scale given as a function needs a precondition (H0)")
     to_v = scale if callable(scale) else (lambda g: scale * g)  # noqa: E731
-    h0 = precondition or (lambda q: scale * scale * q)
+    s2 = None if callable(scale) else scale * scale
+    h0 = precondition or (lambda q: s2 * q)
     eps = torch.finfo(x.dtype).eps
     f, g = fun(x)
     gv = to_v(g)

@@ -113,7 +113,6 @@ def low_data_layer(Xtr, ytr, Xva, yva, Xte, yte, shots, seeds: int, grid, n_clas
                    max_iter: int = 1000, device: str = "cpu", on_fit=None) -> list[dict]:
     """The low-data probe of one layer: a record-shaped dict per (shots, split, metric), without
     ``layer`` (see the module docstring for what each holds)."""
-
     Xtr_s, Xva_s, Xte_s = standardize(Xtr, Xva, Xte)
     Q, s = second_moment_basis(Xtr_s, device)
     draws = [sample_shots(ytr, shots, seed, d) for d in range(seeds)]
