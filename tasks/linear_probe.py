@@ -116,11 +116,13 @@ class LogisticRegressionLBFGS:
         Q, s = second_moment_basis(X, device)
         return X, Q, s
 
-    def fit(self, X, y, lam: float, warm=None, basis=None):
+    def fit(self, X, y, lam: float, warm=None, basis=None, start_eval=None):
         """Fit at strength ``lam``, starting from ``warm``: a fitted classifier, a ``(W, b)`` pair,
         or None (zeros). ``basis``: ``(X, Q, s)`` from ``eigenbasis``, where Q and s may come from
         other features than X (the probe's train+val refit uses train's): any orthogonal Q is a
-        valid change of variables, only a worse-conditioned one."""
+        valid change of variables, only a worse-conditioned one. ``start_eval``: what
+        ``loss_and_grad(..., curvature=True)`` gave at ``warm`` at this strength, where the caller
+        has it (``fit_path`` does): the fit then starts without its own pass over X."""
         import torch
 
         X, Q, s = basis if basis is not None else self.eigenbasis(X, self.device)
@@ -143,10 +145,13 @@ class LogisticRegressionLBFGS:
             loss, gW, gb = loss_and_grad(X, y, x[: k * d].view(k, d).t(), x[k * d:], lam)
             return float(loss), torch.cat([gW.t().reshape(-1), gb])
 
-        curvature = softmax_curvature(X, x[: k * d].view(k, d).t(), x[k * d:])
+        # the start's value, gradient and curvature (for H0) from one evaluation
+        loss, gW, gb, curvature = start_eval or loss_and_grad(X, y, x[: k * d].view(k, d).t(), x[k * d:], lam,
+                                                              curvature=True)
         h0 = kronecker_inverse(s, curvature, lam, Q) or (  # or the diagonal scaling alone: M M^T
             lambda q: torch.cat([(q[: k * d].view(k, d) @ M @ M.t()).reshape(-1), q[k * d:]]))
-        x, self.value, self.n_evals = lbfgs(fun, x, to_v, self.tol, self.max_iter, precondition=h0)
+        x, self.value, self.n_evals = lbfgs(fun, x, to_v, self.tol, self.max_iter, precondition=h0,
+                                            first=(float(loss), torch.cat([gW.t().reshape(-1), gb])))
         self.lam, self.W, self.b = lam, x[: k * d].view(k, d).t().contiguous(), x[k * d:].clone()
         return self
 
@@ -175,25 +180,10 @@ def as_features(X, device: str = "cpu"):
     return X
 
 
-def softmax_curvature(Z, U, b):
-    """The softmax's curvature averaged over the rows, mean_i (diag(p_i) - p_i p_i^T) [k, k], at
-    weights ``U`` and bias ``b`` on features ``Z``: one pass over Z for the probabilities."""
-    import torch
-
-    k = U.shape[1]
-    mean = torch.zeros(k, dtype=torch.float64, device=Z.device)
-    outer = torch.zeros(k, k, dtype=torch.float64, device=Z.device)
-    for _, logits in logit_blocks(Z, U, b):
-        p = torch.softmax(logits, 1)
-        mean += p.sum(0, dtype=torch.float64)
-        outer += (p.t() @ p).double()
-    return (torch.diag(mean) - outer) / max(len(Z), 1)
-
-
 def kronecker_inverse(s, curvature, lam: float, Q=None):
     """H0 for ``lbfgs`` on the probe's flat (U^T, b), U [d, k]: the inverse of the Hessian's Kronecker
     approximation, diag(s) (x) A + lam I for U in the eigenbasis and A for b, where A is the
-    softmax curvature averaged over the rows (``softmax_curvature``) and s the eigenvalues of
+    softmax curvature averaged over the rows (``loss_and_grad``'s ``curvature``) and s the eigenvalues of
     Z^T Z / n. It is the exact Hessian where every row has the same probabilities (a fit from zero
     weights) and keeps the classes' coupling that a diagonal scaling loses; with A = R diag(a) R^T
     it is applied as (I (x) R) diag(1 / (s_j a_c + lam)) (I (x) R^T), a d x k x k product. Given
@@ -227,7 +217,7 @@ def kronecker_inverse(s, curvature, lam: float, Q=None):
     return apply
 
 
-def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondition=None):
+def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondition=None, first=None):
     """Minimize ``fun`` (x -> (value, gradient), flat tensors) from ``x`` by L-BFGS.
 
     ``scale`` says which variables V the problem is well conditioned in, x = M V: a tensor, the
@@ -241,7 +231,8 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondit
     search backtracks from step 1 to the Armijo condition (strongly convex in the weights:
     accepted steps keep positive curvature; a pair without it is dropped); where the decrease it
     asks for is below the value's float resolution, a step that does not raise the value is
-    taken (and the unchanged value then ends the fit). Returns (x, its value, evaluations).
+    taken (and the unchanged value then ends the fit). ``first``: ``fun(x)`` where the caller has
+    it already (it counts as the first evaluation). Returns (x, its value, evaluations).
 
     Written by hand (40 lines) rather than through torch.optim.LBFGS: its strong-Wolfe search
     spent more evaluations for the same stopping rule (Fashion-MNIST pixels, default grid: 461
@@ -256,7 +247,7 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondit
     s2 = None if callable(scale) else scale * scale
     h0 = precondition or (lambda q: s2 * q)
     eps = torch.finfo(x.dtype).eps
-    f, g = fun(x)
+    f, g = first or fun(x)
     gv = to_v(g)
     evals, iters = 1, 0
     while iters < max_iter and float(gv.abs().max()) > tol:
@@ -342,9 +333,12 @@ def logit_blocks(Z, U, b):
         yield rows, linear(Z[rows], Ut, b) if linear else torch.addmm(b, Z[rows], U)
 
 
-def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True):
+def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True, curvature: bool = False):
     """The probe's objective at weights ``U`` (in Z's basis) and bias ``b``, and its gradients
-    (None without ``grad``). Written by hand rather than through autograd, in blocks of rows (one
+    (None without ``grad``); with ``curvature`` also a fourth item, the softmax's curvature averaged
+    over the rows, mean_i (diag(p_i) - p_i p_i^T) [k, k] in float64, from the same probabilities
+    (``kronecker_inverse``'s A: a fit's start needs both, and one pass over Z gives both).
+    Written by hand rather than through autograd, in blocks of rows (one
     block for Fashion-MNIST's 10 classes): the logits are read once for the loss and turned in place
     into the softmax minus the one-hot labels; the fit is bound by the two passes over Z, which run
     through oneDNN for float32 on the CPU (``_onednn_linear``; 74-85 -> 30-38 ms per evaluation for
@@ -359,13 +353,20 @@ def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True):
     loss = 0.5 * lam * (U * U).sum(dtype=torch.float64)
     gU = torch.zeros(k, U.shape[0], device=U.device, dtype=U.dtype) if grad else None  # transposed
     gb = torch.zeros_like(b) if grad else None
+    p_sum = torch.zeros(k, dtype=torch.float64, device=U.device) if curvature else None
+    p_outer = torch.zeros(k, k, dtype=torch.float64, device=U.device) if curvature else None
     for rows, logits in logit_blocks(Z, U, b):
         z, t = Z[rows], y[rows]
         lse = torch.logsumexp(logits, 1)
         # row by row before summing: the two sums apart would cancel in float32 (each ~ n * |logit|)
         loss = loss + (lse - logits.gather(1, t[:, None]).squeeze(1)).sum(dtype=torch.float64) / n
-        if grad:
-            g = logits.sub_(lse[:, None]).exp_()
+        if grad or curvature:
+            g = logits.sub_(lse[:, None]).exp_()  # the probabilities
+            if curvature:
+                p_sum += g.sum(0, dtype=torch.float64)
+                p_outer += (g.t() @ g).double()
+            if not grad:
+                continue
             g[torch.arange(len(t), device=g.device), t] -= 1.0
             if linear:
                 gU.add_(linear(g.t(), z.t()), alpha=1.0 / n)
@@ -374,6 +375,8 @@ def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True):
             gb.add_(g.sum(0), alpha=1.0 / n)
     if grad:
         gU = gU.t().add_(U, alpha=lam)  # gU was accumulated transposed
+    if curvature:
+        return loss, gU, gb, (torch.diag(p_sum) - p_outer) / max(n, 1)
     return loss, gU, gb
 
 
@@ -393,7 +396,7 @@ def fit_path(basis, y, n_classes: int, grid, max_iter: int = 1000, device: str =
     y = torch.as_tensor(y, device=device).long()
     done: list[tuple[float, LogisticRegressionLBFGS]] = []
     for lam in grid:
-        start = None
+        start = start_eval = None
         if done:
             last = done[-1][1]
             start = (last.W, last.b)
@@ -404,9 +407,13 @@ def fit_path(basis, y, n_classes: int, grid, max_iter: int = 1000, device: str =
                      for i in range(len(t))]
                 guess = (sum(wi * p[1].W for wi, p in zip(w, pts)), sum(wi * p[1].b for wi, p in zip(w, pts)))
                 f_last = last.value + 0.5 * (lam - last.lam) * float((last.W * last.W).sum())
-                if float(loss_and_grad(X, y, guess[0], guess[1], lam, grad=False)[0]) < f_last:
-                    start = guess
-        fit = LogisticRegressionLBFGS(n_classes, max_iter, tol, device).fit(None, y, lam, start, basis)
+                # evaluated whole (gradient and curvature too): a taken guess is where the fit
+                # starts, from this evaluation instead of its own; a rejected one costs the pass
+                # that the start's separate curvature pass used to
+                at_guess = loss_and_grad(X, y, guess[0], guess[1], lam, curvature=True)
+                if float(at_guess[0]) < f_last:
+                    start, start_eval = guess, at_guess
+        fit = LogisticRegressionLBFGS(n_classes, max_iter, tol, device).fit(None, y, lam, start, basis, start_eval)
         done = (done + [(lam, fit)])[-3:]  # the extrapolation's points; earlier fits are the caller's
         yield lam, fit
 

@@ -161,6 +161,43 @@ def test_loss_and_grad_match_autograd_in_float64(monkeypatch):
     assert float(loss_only) == float(loss) and none_u is None and none_b is None
 
 
+def test_the_curvature_comes_with_the_same_evaluation(monkeypatch):
+    """``curvature=True``: the softmax's mean curvature from the evaluation's own probabilities,
+    against the formula mean_i (diag(p_i) - p_i p_i^T) in float64, over four blocks of rows; the
+    value and gradients are those of the plain call."""
+    import torch
+
+    import tasks.linear_probe as lp
+
+    monkeypatch.setattr(lp, "BLOCK_ELEMENTS", 800)
+    Z, y, U, b, lam, _ = _small_problem()
+    loss, gU, gb, A = lp.loss_and_grad(Z, y, U, b, lam, curvature=True)
+    p = torch.softmax(Z @ U + b, 1)
+    torch.testing.assert_close(A, (torch.diag(p.sum(0)) - p.t() @ p) / len(Z), rtol=1e-12, atol=1e-14)
+    plain = lp.loss_and_grad(Z, y, U, b, lam)
+    assert float(loss) == float(plain[0]) and torch.equal(gU, plain[1]) and torch.equal(gb, plain[2])
+    assert lp.loss_and_grad(Z, y, U, b, lam, grad=False, curvature=True)[1] is None
+
+
+def test_a_fit_started_from_the_callers_evaluation_is_the_same_fit():
+    """``start_eval`` (what ``fit_path`` hands over from its check of the extrapolated start)
+    replaces the fit's own first evaluation: the same iterates, so the same weights bit for bit
+    and the same count of evaluations."""
+    import torch
+
+    from tasks.linear_probe import loss_and_grad
+
+    d = load_split("digits", "train")
+    X, y = standardize(_pixels(d))[0], d.labels
+    basis = LogisticRegressionLBFGS.eigenbasis(X)
+    warm = LogisticRegressionLBFGS(10).fit(X, y, 0.1, basis=basis)
+    at_warm = loss_and_grad(basis[0], torch.as_tensor(y).long(), warm.W, warm.b, 0.01, curvature=True)
+    own = LogisticRegressionLBFGS(10).fit(X, y, 0.01, warm, basis)
+    handed = LogisticRegressionLBFGS(10).fit(X, y, 0.01, warm, basis, start_eval=at_warm)
+    assert torch.equal(own.W, handed.W) and torch.equal(own.b, handed.b)
+    assert own.n_evals == handed.n_evals > 1
+
+
 def test_onednn_products_give_the_float64_objective_and_gradients(monkeypatch):
     """The fast path of the probe's two products (oneDNN's linear, for float32 on the CPU) against
     the float64 formula through autograd, and against the addmm path on the same float32 inputs,
@@ -192,7 +229,7 @@ def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_pro
     float64) gives back any vector off the one flat direction (all classes' biases at once)."""
     import torch
 
-    from tasks.linear_probe import kronecker_inverse, second_moment_basis, softmax_curvature
+    from tasks.linear_probe import kronecker_inverse, loss_and_grad, second_moment_basis
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
@@ -206,7 +243,7 @@ def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_pro
         return torch.nn.functional.cross_entropy(Z @ U + b, y) + 0.5 * lam * (U * U).sum()
 
     H = torch.autograd.functional.hessian(objective, torch.cat([U0.t().reshape(-1), b0]))
-    apply = kronecker_inverse(s, softmax_curvature(Z, U0, b0), lam)
+    apply = kronecker_inverse(s, loss_and_grad(Z, y, U0, b0, lam, curvature=True)[3], lam)
     v = torch.randn(7 * k, generator=g, dtype=torch.float64)
     v[6 * k:] -= v[6 * k:].mean()  # off the flat direction
     torch.testing.assert_close(apply(H @ v), v, rtol=1e-8, atol=1e-10)
