@@ -43,9 +43,10 @@ BLOCK_ELEMENTS = 1 << 22  # logits per block of rows in the probe's loss: 16 MiB
 STANDARDIZE_ROWS = 4096  # rows per block of standardize's sums: 12.5 MiB of float32 at 784 columns
 
 
-def standardize(train: np.ndarray, *others: np.ndarray):
+def standardize(train: np.ndarray, *others: np.ndarray, in_place: bool = False):
     """Each array centred and scaled by the train columns' mean and std (a std below 1e-8 counts
-    as 1), as float32.
+    as 1), as float32. ``in_place``: ``train`` (float32) is overwritten with its own standardized
+    values instead of copied (the probe's train+val refit, whose concatenation is its own).
 
     The sums run over blocks of ``STANDARDIZE_ROWS`` rows: each block's column sums in float32
     (torch's vectorised cascade sum), the blocks' totals accumulated in float64, the squares of
@@ -55,17 +56,20 @@ def standardize(train: np.ndarray, *others: np.ndarray):
     every full-size temporary costs its page faults (~60 ms per 169 MB there)."""
     import torch
 
-    t = torch.as_tensor(train).float()
+    t = torch.as_tensor(train)
+    if in_place and t.dtype != torch.float32:
+        raise TypeError(f"standardize(in_place=True) overwrites float32 features, not {t.dtype}")
+    t = t.float()
     n = max(len(t), 1)
     mean = (_column_sums(t) / n).float()
     std = (_column_sums(t, mean) / n).sqrt().float()
     std[std < 1e-8] = 1.0
 
-    def scale(a):
+    def scale(a, out=None):
         a = torch.as_tensor(a).float()
-        return torch.sub(a, mean, out=torch.empty_like(a)).div_(std).numpy()
+        return torch.sub(a, mean, out=torch.empty_like(a) if out is None else out).div_(std).numpy()
 
-    return (scale(train), *(scale(o) for o in others))
+    return (scale(t, t if in_place else None), *(scale(o) for o in others))
 
 
 def _column_sums(t, center=None):
@@ -469,6 +473,8 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     ``patience`` > 0 stops the walk (strong -> weak) after that many strengths in a row below the
     best val accuracy; the weak end of the grid is where L-BFGS needs the most iterations.
     """
+    import torch
+
     Xtr_s, Xva_s = standardize(Xtr, Xva)
     basis = LogisticRegressionLBFGS.eigenbasis(Xtr_s, device)
     best = None
@@ -490,9 +496,11 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     val_acc, val_se, lam, chosen = best
     _, Q, s = basis
     del basis, Xtr_s, Xva_s  # free the standardized train features before the train+val refit
-    Xall = np.concatenate([Xtr, Xva])
+    # train+val as one torch buffer (aligned for the products), standardized in place: one copy
+    Xall = torch.empty((len(Xtr) + len(Xva), Xtr.shape[1]), dtype=torch.float32)
+    Xall[: len(Xtr)], Xall[len(Xtr):] = torch.as_tensor(Xtr), torch.as_tensor(Xva)
     yall = np.concatenate([ytr, yva])
-    Xall_s, Xte_s = standardize(Xall, Xte)
+    Xall_s, Xte_s = standardize(Xall, Xte, in_place=True)
     del Xall
     # The refit starts from the chosen train fit, in the train features' eigenbasis (any basis is a
     # valid change of variables; train's is close to train+val's): same minimizer, fewer evaluations.

@@ -161,6 +161,22 @@ def test_loss_and_grad_match_autograd_in_float64(monkeypatch):
     assert float(loss_only) == float(loss) and none_u is None and none_b is None
 
 
+def test_standardize_in_place_overwrites_train_with_the_copying_result():
+    """``in_place=True`` (the refit's own train+val buffer): the same values as the copying call,
+    written into train's memory; a buffer of another dtype is refused rather than copied."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(3.0, 2.0, (500, 7)).astype(np.float32), rng.normal(size=(50, 7)).astype(np.float32)
+    a[:, 3] = 1.5  # a constant column: std counts as 1
+    want = standardize(a, b)
+    buf = a.copy()
+    got = standardize(buf, b, in_place=True)
+    assert np.shares_memory(got[0], buf) and not np.shares_memory(want[0], a)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(TypeError, match="float32"):
+        standardize(a.astype(np.float64), in_place=True)
+
+
 def test_the_curvature_comes_with_the_same_evaluation(monkeypatch):
     """``curvature=True``: the softmax's mean curvature from the evaluation's own probabilities,
     against the formula mean_i (diag(p_i) - p_i p_i^T) in float64, over four blocks of rows; the
