@@ -44,3 +44,28 @@ def test_device_rows_run_on_the_cpu_and_their_checks_pass():
     assert [r.row for r in rows] == ["dev-extract", "dev-pretrain", "dev-probe"]
     assert all(r.ok for r in rows), rows
     assert all(r.ours > 0 for r in rows)
+
+
+def test_contenders_alternate_and_each_gets_the_median_of_its_own_rounds(monkeypatch):
+    """``_interleaved_medians`` against a fake clock: one call of each contender per round (after
+    a warm-up round), and each contender's figure is the median of its own durations."""
+    import bench.perf as perf
+
+    clock, calls = [0.0], []
+
+    def contender(name, durations):
+        it = iter(durations)
+
+        def fn():
+            calls.append(name)
+            clock[0] += next(it)
+        return fn
+
+    monkeypatch.setattr(perf.time, "perf_counter", lambda: clock[0])
+    got = perf._interleaved_medians({"a": contender("a", [9.0, 1.0, 5.0, 2.0]),
+                                     "b": contender("b", [9.0, 30.0, 10.0, 20.0])}, repeat=3)
+    assert calls == ["a", "b"] * 4
+    assert got == {"a": 2.0, "b": 20.0}  # the warm-up's 9 s are not counted
+    calls.clear()
+    got = perf._interleaved_medians({"a": contender("a", [4.0, 6.0])}, repeat=2, warmup=False)
+    assert calls == ["a", "a"] and got == {"a": 5.0}
