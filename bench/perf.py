@@ -77,34 +77,29 @@ def machine() -> dict:
 def _median_time(fn: Callable[[], object], repeat: int, device: str = "cpu") -> float:
     """Median wall seconds of ``repeat`` calls after one untimed warm-up call (on a GPU, each
     waited for)."""
+    return _interleaved_medians({"fn": fn}, repeat, device=device)["fn"]
+
+
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmup: bool = True,
+                         device: str = "cpu") -> dict[str, float]:
+    """Median wall seconds of each contender over ``repeat`` rounds, one call of each per round
+    (after one untimed round where ``warmup``; on a GPU, each call waited for): on a shared machine
+    whose speed drifts over tens of seconds, alternating puts both sides of a ratio under the same
+    conditions, where timing one side's repeats and then the other's does not (2-core host: the
+    same sampler took 12.3-14.8 s between runs)."""
     import torch
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmup: bool = True) -> dict[str, float]:
-    """Median wall seconds of each contender over ``repeat`` rounds, one call of each per round
-    (after one untimed round where ``warmup``): on a shared machine whose speed drifts over tens of
-    seconds, alternating puts both sides of a ratio under the same conditions, where timing one
-    side's repeats and then the other's does not (2-core host: the same sampler took 12.3-14.8 s
-    between runs)."""
     if warmup:
         for fn in fns.values():
             fn()
+        sync()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             t = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t)
     return {name: float(np.median(ts)) for name, ts in times.items()}
 

@@ -145,9 +145,11 @@ class LogisticRegressionLBFGS:
         def to_v(g):  # the gradient in V, M^T g_W, as (g_W^T M, g_b)
             return torch.cat([(g[: k * d].view(k, d) @ M).reshape(-1), g[k * d:]])
 
-        def fun(x):
-            loss, gW, gb = loss_and_grad(X, y, x[: k * d].view(k, d).t(), x[k * d:], lam)
+        def flat(loss, gW, gb):  # (value, gradient) in x's layout
             return float(loss), torch.cat([gW.t().reshape(-1), gb])
+
+        def fun(x):
+            return flat(*loss_and_grad(X, y, x[: k * d].view(k, d).t(), x[k * d:], lam))
 
         # the start's value, gradient and curvature (for H0) from one evaluation
         loss, gW, gb, curvature = start_eval or loss_and_grad(X, y, x[: k * d].view(k, d).t(), x[k * d:], lam,
@@ -155,7 +157,7 @@ class LogisticRegressionLBFGS:
         h0 = kronecker_inverse(s, curvature, lam, Q) or (  # or the diagonal scaling alone: M M^T
             lambda q: torch.cat([(q[: k * d].view(k, d) @ M @ M.t()).reshape(-1), q[k * d:]]))
         x, self.value, self.n_evals = lbfgs(fun, x, to_v, self.tol, self.max_iter, precondition=h0,
-                                            first=(float(loss), torch.cat([gW.t().reshape(-1), gb])))
+                                            first=flat(loss, gW, gb))
         self.lam, self.W, self.b = lam, x[: k * d].view(k, d).t().contiguous(), x[k * d:].clone()
         return self
 
