@@ -135,6 +135,27 @@ def test_kv_cached_steps_equal_full_recomputation():
     torch.testing.assert_close(torch.cat([first, *steps], 1), full, atol=1e-5, rtol=0)
 
 
+def test_one_token_decode_is_the_block_forward_on_a_filled_cache():
+    """Block.decode (the sampler's lean path for one new token) against Block.forward on the same
+    cache, and the whole cached model, filled one token at a time from empty, against recomputation."""
+    torch.manual_seed(1)
+    model = ImageGPT(IGPTConfig(n_colors=16, n_positions=9, n_embd=24, n_layer=2, n_head=3)).eval()
+    block = model.h[0]
+    x = torch.randn(3, 9, 24)
+    with torch.no_grad():
+        filled, fresh = {"capacity": 9}, {"capacity": 9}
+        block(x[:, :6], filled), block(x[:, :6], fresh)
+        torch.testing.assert_close(block.decode(x[:, 6], filled, 6), block(x[:, 6:7], fresh)[:, 0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(filled["k"][:, :, :7], fresh["k"][:, :, :7], atol=0, rtol=0)
+        assert filled["len"] == fresh["len"] == 7
+        idx = torch.randint(0, 17, (3, 9))
+        caches = [{} for _ in model.h]
+        steps = [model.step(idx[:, t : t + 1], caches, t) for t in range(9)]
+        torch.testing.assert_close(torch.cat(steps, 1), model(idx), atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="exceeds the model's 9 positions"):
+            model.step(idx[:, :1], caches, 9)
+
+
 def test_palette_fit_quantize_round_trip():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(20, 6, 6, 1), dtype=np.uint8)

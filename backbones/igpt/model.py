@@ -202,6 +202,25 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache)
         return x + mlp(self.ln_2(x), self.c_fc, self.c_proj)
 
+    def decode(self, x, cache: dict, t: int):
+        """``forward`` for ONE new token per sequence: ``x`` [B, C] at position ``t``, with ``cache``
+        holding the keys and values of positions < t (its buffers allocated by an earlier
+        ``forward``). The same function, written as plain tensor ops on the block's weights, without
+        module calls or reshapes of the past: a sampler calls it once per token and block, and at
+        small widths its cost is mostly that overhead. Measured on the 2-core CPU, 15 alternated
+        rounds of 16 images: a 4x128 model at 196 tokens sampled in 0.490 s instead of 0.576 s
+        (medians); an 8x256 one at 400 tokens, bound by its matrix products, stayed at 6.1 s."""
+        B, C = x.shape
+        attn, H = self.attn, self.attn.n_head
+        h = F.rms_norm(x, (C,), self.ln_1.weight, self.ln_1.eps)
+        qkv = torch.addmm(attn.c_attn.bias, h, attn.c_attn.weight.t()).view(B, 3, H, C // H)
+        keys, values = cache["k"], cache["v"]
+        keys[:, :, t], values[:, :, t] = qkv[:, 1], qkv[:, 2]
+        cache["len"] = t + 1
+        y = F.scaled_dot_product_attention(qkv[:, 0, :, None], keys[:, :, : t + 1], values[:, :, : t + 1])
+        x = x + torch.addmm(attn.c_proj.bias, y.view(B, C), attn.c_proj.weight.t())
+        return x + mlp(F.rms_norm(x, (C,), self.ln_2.weight, self.ln_2.eps), self.c_fc, self.c_proj)
+
 
 class ImageGPT(nn.Module):
     def __init__(self, cfg: IGPTConfig):
@@ -307,6 +326,14 @@ class ImageGPT(nn.Module):
     def step(self, idx, caches: list[dict], start: int):
         """Logits for new tokens ``idx`` at positions start…, reusing and extending ``caches`` (one
         dict per block, empty at first; each holds key/value buffers for all positions)."""
+        if idx.shape[1] == 1 and all(cache.get("len") == start for cache in caches):  # one token on a filled cache
+            if start >= self.cfg.n_positions:
+                raise ValueError(f"sequence of {start + 1} exceeds the model's {self.cfg.n_positions} positions")
+            x = self.wte.weight[idx[:, 0]] + self.wpe.weight[start]
+            for block, cache in zip(self.h, caches):
+                x = block.decode(x, cache, start)
+            x = F.rms_norm(x, (x.shape[-1],), self.ln_f.weight, self.ln_f.eps)
+            return (x @ self.head.weight.t())[:, None]
         x = self.embed(idx, start)
         for block, cache in zip(self.h, caches):
             cache.setdefault("capacity", self.cfg.n_positions)
