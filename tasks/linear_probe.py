@@ -297,26 +297,26 @@ def lbfgs(fun, x, scale, tol: float, max_iter: int, history: int = 20, precondit
 
 @functools.cache
 def _onednn_linear():
-    """oneDNN's matmul with a fused bias, ``linear(x, w, bias) = x w^T + bias`` (the op torch's own
-    compiler emits for CPU linears), or None where this torch lacks it. The probe's two products
-    are skinny (n x d times d x classes, and its transpose), a shape MKL's sgemm serves badly on
-    some CPUs: on the 2-core AMD EPYC, 54,000 x 784 features times 10 classes took 55-66 ms through
-    addmm and 15-19 ms here, the gradient's product 23-37 ms against 17 ms; strided views (the
-    transposes) are read in place."""
+    """oneDNN's matmul, ``linear(x, w) = x w^T`` (the op torch's own compiler emits for CPU
+    linears), or None where this torch lacks it. The probe's two products
+    are skinny (classes x d times the d x n features transposed, and classes x n times them), a
+    shape MKL's sgemm serves badly on some CPUs: on the 2-core AMD EPYC, with 54,000 x 784
+    features and 10 classes, the logits took 41-48 ms through matmul and 14-19 ms here, the
+    gradient's product 32-33 ms against 17-20 ms; strided views (the transposes) are read in place."""
     import torch
 
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return None
-    # Checked once on the two uses the probe makes (a bias; transposed views as input and weight),
-    # so that a torch whose op differs falls back to addmm instead of failing mid-fit.
-    x, w, b = (torch.arange(n, dtype=torch.float32).reshape(shape) for n, shape in ((6, (3, 2)), (8, (4, 2)), (4, (4,))))
+    # Checked once on the two uses the probe makes (contiguous operands; a transposed view as the
+    # weight), so that a torch whose op differs falls back to addmm instead of failing mid-fit.
+    x, w = (torch.arange(n, dtype=torch.float32).reshape(shape) for n, shape in ((6, (2, 3)), (12, (3, 4))))
     try:
-        ok = (torch.equal(op(x, w, b, "none", [], ""), torch.addmm(b, x, w.t()))
-              and torch.equal(op(x.t(), x.t(), None, "none", [], ""), x.t() @ x))
+        ok = (torch.equal(op(x, w.t().contiguous(), None, "none", [], ""), x @ w)
+              and torch.equal(op(x, w.t(), None, "none", [], ""), x @ w))
     except (RuntimeError, NotImplementedError, TypeError):
         return None
-    return (lambda x, w, bias=None: op(x, w, bias, "none", [], "")) if ok else None
+    return (lambda x, w: op(x, w, None, "none", [], "")) if ok else None
 
 
 def _linear_for(Z):
@@ -328,15 +328,19 @@ def _linear_for(Z):
 
 def logit_blocks(Z, U, b):
     """``(rows, logits)`` for consecutive blocks of Z's rows (``rows`` a slice; at most
-    ``BLOCK_ELEMENTS`` logits a block): z U + b through oneDNN where it serves Z, else addmm."""
+    ``BLOCK_ELEMENTS`` logits a block), the logits transposed, [classes, rows]: U^T z^T + b through
+    oneDNN where it serves Z, else addmm. Transposed because the gradient's product then reads the
+    softmax as it lies: produced as [rows, classes], oneDNN copied its transpose at every
+    evaluation (a whole evaluation of 54,000 x 784 features and 10 classes, 2-core AMD EPYC: 40.3
+    instead of 41.4 ms, medians of 40 alternated calls)."""
     import torch
 
     step = max(1, BLOCK_ELEMENTS // U.shape[1])
     linear = _linear_for(Z)
-    Ut = U.t().contiguous() if linear else None
+    Ut = U.t().contiguous()
     for i in range(0, len(Z), step):
         rows = slice(i, i + step)
-        yield rows, linear(Z[rows], Ut, b) if linear else torch.addmm(b, Z[rows], U)
+        yield rows, linear(Ut, Z[rows]).add_(b[:, None]) if linear else torch.addmm(b[:, None], Ut, Z[rows].t())
 
 
 def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True, curvature: bool = False):
@@ -344,9 +348,10 @@ def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True, curvature: bool = F
     (None without ``grad``); with ``curvature`` also a fourth item, the softmax's curvature averaged
     over the rows, mean_i (diag(p_i) - p_i p_i^T) [k, k] in float64, from the same probabilities
     (``kronecker_inverse``'s A: a fit's start needs both, and one pass over Z gives both).
-    Written by hand rather than through autograd, in blocks of rows (one
-    block for Fashion-MNIST's 10 classes): the logits become log-probabilities, read once for the
-    loss and turned in place into the softmax minus the one-hot labels; the fit is bound by the two passes over Z, which run
+    Written by hand rather than through autograd, in blocks of rows (one block for
+    Fashion-MNIST's 10 classes): the logits (transposed, ``logit_blocks``) become
+    log-probabilities, read once for the loss and turned in place into the softmax minus the
+    one-hot labels; the fit is bound by the two passes over Z, which run
     through oneDNN for float32 on the CPU (``_onednn_linear``; 74-85 -> 30-38 ms per evaluation for
     54,000 x 784 features and 10 classes on the 2-core AMD EPYC) and through addmm elsewhere.
     The loss is summed in float64 (of float32 terms): a float32 sum's resolution ended tight fits
@@ -367,21 +372,21 @@ def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True, curvature: bool = F
         # evaluation of 54,000 x 784 features and 10 classes 44.2 ms instead of 41.8 (medians of 40
         # alternated calls, 2-core AMD EPYC). The loss's terms row by row before summing: sums of
         # the logits and of their logsumexps apart would cancel in float32 (each ~ n * |logit|)
-        logp = torch.log_softmax(logits, 1)
-        loss = loss - logp.gather(1, t[:, None]).sum(dtype=torch.float64) / n
+        logp = torch.log_softmax(logits, 0)
+        loss = loss - logp.gather(0, t[None, :]).sum(dtype=torch.float64) / n
         if grad or curvature:
-            g = logp.exp_()  # the probabilities
+            g = logp.exp_()  # the probabilities, [classes, rows]
             if curvature:
-                p_sum += g.sum(0, dtype=torch.float64)
-                p_outer += (g.t() @ g).double()
+                p_sum += g.sum(1, dtype=torch.float64)
+                p_outer += (g @ g.t()).double()
             if not grad:
                 continue
-            g[torch.arange(len(t), device=g.device), t] -= 1.0
+            g.scatter_add_(0, t[None, :], g.new_full((1, len(t)), -1.0))  # 1/3 of indexing's time
             if linear:
-                gU.add_(linear(g.t(), z.t()), alpha=1.0 / n)
+                gU.add_(linear(g, z.t()), alpha=1.0 / n)
             else:
-                gU.addmm_(g.t(), z, alpha=1.0 / n)
-            gb.add_(g.sum(0), alpha=1.0 / n)
+                gU.addmm_(g, z, alpha=1.0 / n)
+            gb.add_(g.sum(1), alpha=1.0 / n)
     if grad:
         gU = gU.t().add_(U, alpha=lam)  # gU was accumulated transposed
     if curvature:
