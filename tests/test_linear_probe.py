@@ -180,19 +180,63 @@ def test_standardize_in_place_overwrites_train_with_the_copying_result():
 def test_the_curvature_comes_with_the_same_evaluation(monkeypatch):
     """``curvature=True``: the softmax's mean curvature from the evaluation's own probabilities,
     against the formula mean_i (diag(p_i) - p_i p_i^T) in float64, over four blocks of rows; the
-    value and gradients are those of the plain call."""
+    value and gradients are those of the plain call. With fewer ``CURVATURE_ROWS`` than rows it is
+    the same formula over every third row, counted from the first across the blocks."""
     import torch
 
     import tasks.linear_probe as lp
 
-    monkeypatch.setattr(lp, "BLOCK_ELEMENTS", 800)
+    monkeypatch.setattr(lp, "BLOCK_ELEMENTS", 800)  # 80 rows a block: the sampled rows straddle them
     Z, y, U, b, lam, _ = _small_problem()
     loss, gU, gb, A = lp.loss_and_grad(Z, y, U, b, lam, curvature=True)
+    assert A.shape == (1, 10, 1, 10)
+
+    def formula(p):
+        return (torch.diag(p.sum(0)) - p.t() @ p) / len(p)
+
     p = torch.softmax(Z @ U + b, 1)
-    torch.testing.assert_close(A, (torch.diag(p.sum(0)) - p.t() @ p) / len(Z), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(A[0, :, 0], formula(p), rtol=1e-12, atol=1e-14)
     plain = lp.loss_and_grad(Z, y, U, b, lam)
     assert float(loss) == float(plain[0]) and torch.equal(gU, plain[1]) and torch.equal(gb, plain[2])
     assert lp.loss_and_grad(Z, y, U, b, lam, grad=False, curvature=True)[1] is None
+    monkeypatch.setattr(lp, "CURVATURE_ROWS", 100)  # 300 rows: every third
+    sampled = lp.loss_and_grad(Z, y, U, b, lam, curvature=True)
+    torch.testing.assert_close(sampled[3][0, :, 0], formula(p[::3]), rtol=1e-12, atol=1e-14)
+    assert float(sampled[0]) == float(loss)
+
+
+def test_the_whole_block_of_the_hessian_inverts_it_at_any_weights():
+    """Where the block covers every direction (6 features, 4 classes: m = d), the curvature is the
+    exact Hessian (autograd, float64) in the bias and the weights in the eigenbasis, and H0 its
+    inverse, at weights where the rows' probabilities differ (so the Kronecker part alone is not
+    exact: checked too), off the one flat direction (all classes' biases at once)."""
+    import torch
+
+    from tasks.linear_probe import hessian_coordinates, kronecker_inverse, loss_and_grad, second_moment_basis
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    X -= X.mean(0)
+    Q, s = second_moment_basis(X)
+    Z, y, lam, k = X @ Q, torch.randint(0, 4, (400,), generator=g), 0.01, 4
+    U0, b0 = torch.randn(6, k, generator=g, dtype=torch.float64), torch.randn(k, generator=g, dtype=torch.float64)
+    coords = hessian_coordinates(X, Q, k)
+    assert coords.shape == (6, 400)
+
+    def objective(flat):
+        U, b = flat[:6 * k].view(k, 6).t(), flat[6 * k:]
+        return torch.nn.functional.cross_entropy(Z @ U + b, y) + 0.5 * lam * (U * U).sum()
+
+    H = torch.autograd.functional.hessian(objective, torch.cat([U0.t().reshape(-1), b0]))
+    block = loss_and_grad(Z, y, U0, b0, lam, curvature=True, coords=coords)[3]  # [1 + 6, k, 1 + 6, k]
+    order = torch.cat([6 * k + torch.arange(k), (torch.arange(k)[None] * 6 + torch.arange(6)[:, None]).reshape(-1)])
+    expected = H[order][:, order] - lam * torch.diag((order < 6 * k).double())  # the loss's part alone
+    torch.testing.assert_close(block.reshape(7 * k, 7 * k), expected, rtol=1e-10, atol=1e-12)
+    v = torch.randn(7 * k, generator=g, dtype=torch.float64)
+    v[6 * k:] -= v[6 * k:].mean()
+    torch.testing.assert_close(kronecker_inverse(s, block, lam)(H @ v), v, rtol=1e-8, atol=1e-10)
+    kronecker_only = kronecker_inverse(s, block[:1, :, :1], lam)(H @ v)
+    assert float((kronecker_only - v).abs().max()) > 1e-3
 
 
 def test_a_fit_started_from_the_callers_evaluation_is_the_same_fit():
@@ -201,13 +245,14 @@ def test_a_fit_started_from_the_callers_evaluation_is_the_same_fit():
     and the same count of evaluations."""
     import torch
 
-    from tasks.linear_probe import loss_and_grad
+    from tasks.linear_probe import hessian_coordinates, loss_and_grad
 
     d = load_split("digits", "train")
     X, y = standardize(_pixels(d))[0], d.labels
     basis = LogisticRegressionLBFGS.eigenbasis(X)
     warm = LogisticRegressionLBFGS(10).fit(X, y, 0.1, basis=basis)
-    at_warm = loss_and_grad(basis[0], torch.as_tensor(y).long(), warm.W, warm.b, 0.01, curvature=True)
+    at_warm = loss_and_grad(basis[0], torch.as_tensor(y).long(), warm.W, warm.b, 0.01, curvature=True,
+                            coords=hessian_coordinates(basis[0], basis[1], 10))
     own = LogisticRegressionLBFGS(10).fit(X, y, 0.01, warm, basis)
     handed = LogisticRegressionLBFGS(10).fit(X, y, 0.01, warm, basis, start_eval=at_warm)
     assert torch.equal(own.W, handed.W) and torch.equal(own.b, handed.b)
