@@ -99,8 +99,9 @@ class LogisticRegressionLBFGS:
     softmax curvature along direction j), where in W its spread is that of s, which for correlated
     features such as mean-pooled transformer states spans many decades. L-BFGS then needs a few
     hundred evaluations at weak L2 instead of running into ``max_iter``. The stopping rule is the
-    gradient in V; the steps start from the inverse of the Hessian's Kronecker approximation
-    (``kronecker_inverse``), which also knows how the classes' curvatures couple.
+    gradient in V; the steps start from the inverse of an approximate Hessian
+    (``kronecker_inverse``: whole in the bias and the directions of largest variance,
+    Kronecker-factored elsewhere), which also knows how the classes' curvatures couple.
 
     The data are never rotated, only the weights: L-BFGS runs on U = Q^T W (where H0 and the
     scaling are diagonal in the features' directions), and each evaluation turns U into W and the
@@ -163,7 +164,7 @@ class LogisticRegressionLBFGS:
         # ``start_eval`` was made at them)
         loss, gW, gb, curvature = start_eval or loss_and_grad(
             X, y, warm[0] if warm is not None else weights(x), x[k * d:], lam, curvature=True,
-            coords=hessian_coordinates(X, Q, k) if coords is None and start_eval is None else coords)
+            coords=hessian_coordinates(X, Q, k) if coords is None else coords)
         # H0 or, without it, the diagonal scaling alone: diag(scale^2)
         x, self.value, self.n_evals = lbfgs(fun, x, scale, self.tol, self.max_iter,
                                             precondition=kronecker_inverse(s, curvature, lam),
@@ -377,8 +378,9 @@ def loss_and_grad(Z, y, U, b, lam: float, grad: bool = True, curvature: bool = F
     (None without ``grad``); with ``curvature`` also a fourth item, the loss's Hessian in the bias
     and the weights along m directions of Z's space, given the rows' coordinates along them,
     ``coords`` [m, n] (or none), from the same probabilities: mean_i (w_i w_i^T) (x)
-    (diag(p_i) - p_i p_i^T) with w_i = (1, coords_i), as [m + 1, k, m + 1, k] in float64 (``kronecker_inverse``'s: a fit's start needs it, and one
-    pass over Z gives it). Its [0, :, 0, :] is the softmax's mean curvature A.
+    (diag(p_i) - p_i p_i^T) with w_i = (1, coords_i), as [m + 1, k, m + 1, k] in float64, over at
+    most ``CURVATURE_ROWS`` evenly spaced rows (``kronecker_inverse``'s: a fit's start needs it,
+    and one pass over Z gives it). Its [0, :, 0, :] is the softmax's mean curvature A.
     Written by hand rather than through autograd, in blocks of rows (one block for
     Fashion-MNIST's 10 classes): the logits (transposed, ``logit_blocks``) become
     log-probabilities, read once for the loss and turned in place into the softmax minus the
