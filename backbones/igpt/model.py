@@ -249,10 +249,13 @@ class ImageGPT(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"h{i}" for i in range(self.cfg.n_layer + 1)] + ["final"]
 
+    def _check_length(self, end: int):
+        if end > self.cfg.n_positions:
+            raise ValueError(f"sequence of {end} exceeds the model's {self.cfg.n_positions} positions")
+
     def embed(self, idx, start: int = 0):
         T = idx.shape[1]
-        if start + T > self.cfg.n_positions:
-            raise ValueError(f"sequence of {start + T} exceeds the model's {self.cfg.n_positions} positions")
+        self._check_length(start + T)
         pos = torch.arange(start, start + T, device=idx.device)
         return self.wte(idx) + self.wpe(pos)
 
@@ -327,8 +330,7 @@ class ImageGPT(nn.Module):
         """Logits for new tokens ``idx`` at positions start…, reusing and extending ``caches`` (one
         dict per block, empty at first; each holds key/value buffers for all positions)."""
         if idx.shape[1] == 1 and all(cache.get("len") == start for cache in caches):  # one token on a filled cache
-            if start >= self.cfg.n_positions:
-                raise ValueError(f"sequence of {start + 1} exceeds the model's {self.cfg.n_positions} positions")
+            self._check_length(start + 1)
             x = self.wte.weight[idx[:, 0]] + self.wpe.weight[start]
             for block, cache in zip(self.h, caches):
                 x = block.decode(x, cache, start)
