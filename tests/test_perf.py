@@ -25,6 +25,8 @@ def test_perf_quick_runs_every_row_and_its_checks_pass(bench, tmp_path):
             assert row["ratio"] is not None and row["ratio"] > 0, row
         assert row["ok"] in (True, None), row
         assert row["met"] is None  # targets are judged on the full sizes only
+        if row["row"].startswith("extract-"):
+            assert row["ceiling"] > 0 and "at most" in row["note"], row
     assert sum(row["ok"] is True for row in doc["rows"]) >= 6  # the checks ran
     assert "ratio" in r.out and "sample-hf" in r.out
 
@@ -69,3 +71,21 @@ def test_contenders_alternate_and_each_gets_the_median_of_its_own_rounds(monkeyp
     calls.clear()
     got = perf._interleaved_medians({"a": contender("a", [4.0, 6.0])}, repeat=2, warmup=False)
     assert calls == ["a", "a"] and got == {"a": 5.0}
+
+
+def test_necessary_flops_counts_the_linear_layers_and_half_the_causal_attention():
+    """The extraction rows' ceiling divides by the FLOPs a forward needs: against the formula, per
+    block 2 * 12 C^2 per token for its four matrix products and 2 * B T^2 C for causal attention
+    (half of q k^T and of att v, each 2 B T^2 C in full); stopping early at h1 needs one block."""
+    import torch
+
+    from backbones.igpt.model import IGPTConfig, ImageGPT
+    from bench.perf import _necessary_flops
+
+    B, T, C, L = 3, 16, 64, 2
+    model = ImageGPT(IGPTConfig(n_colors=8, n_positions=T, n_embd=C, n_layer=L, n_head=2)).eval()
+    idx = torch.randint(0, 9, (B, T))
+    block = 2 * 12 * C * C * B * T + 2 * B * T * T * C
+    with torch.inference_mode():
+        assert _necessary_flops(lambda: model.forward_intermediates(idx)) == L * block
+        assert _necessary_flops(lambda: model.forward_intermediates(idx, ["h1"], stop_early=True)) == block
