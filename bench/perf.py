@@ -199,14 +199,7 @@ def _matmul_rate_of(m: int, k: int, n: int, repeat: int) -> float:
 def _necessary_flops(fn) -> float:
     """The FLOPs ``fn``'s forward needs: torch's count with causal attention at half its score
     matrix (the counter charges the masked half too; our kernel skips it, transformers computes it)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from backbones.base import _count_cpu_attention
-
-    _count_cpu_attention()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
+    counter = _counted(fn)
     per_op = counter.get_flop_counts().get("Global", {})
     attention = sum(n for op, n in per_op.items() if "scaled_dot_product" in str(op))
     return counter.get_total_flops() - attention / 2
@@ -216,11 +209,9 @@ def flops_rows(quick: bool) -> list[Row]:
     """iGPT-S forward: achieved FLOP/s against one fp32 matmul's, and bf16 against fp32."""
     import torch
 
-    from backbones.base import _count_cpu_attention
     from backbones.igpt.model import IGPTConfig, ImageGPT
     from bench.runtime import cpu_bf16_hardware
 
-    _count_cpu_attention()
     tokens, batch, repeat = (256, 2, 2) if quick else (1024, 4, 3)
     torch.manual_seed(0)
     model = ImageGPT(IGPTConfig(n_colors=512, n_positions=tokens, n_embd=512, n_layer=24, n_head=8)).eval()
@@ -229,10 +220,7 @@ def flops_rows(quick: bool) -> list[Row]:
     with torch.inference_mode():
         flops = _flops(run)
         t32 = _median_time(run, repeat)
-        a = torch.randn(batch * tokens, 512)
-        b = torch.randn(512, 2048)
-        t_mm = _median_time(lambda: a @ b, max(3, repeat))
-        mm_rate = 2 * a.shape[0] * 512 * 2048 / t_mm
+        mm_rate = _matmul_rate_of(batch * tokens, 512, 2048, repeat)
         rows = [Row("flops", f"igpt-s shape (24x512) @{tokens} tokens, batch {batch}, fp32", flops / t32 / 1e9,
                     mm_rate / 1e9, unit="GFLOP/s", ratio=flops / t32 / mm_rate, target=">= 90% of the matmul's",
                     met=flops / t32 / mm_rate >= 0.9,
@@ -417,13 +405,21 @@ def _matmul_rate(device: str, dtype, n: int) -> float:
     return 2 * n**3 / _median_time(lambda: a @ b, 5, device)
 
 
-def _flops(fn) -> int:
+def _counted(fn):
+    """torch's FlopCounterMode after one call of ``fn`` (taught the CPU attention kernel first)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from backbones.base import _count_cpu_attention
+
+    _count_cpu_attention()
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
-    return counter.get_total_flops()
+    return counter
+
+
+def _flops(fn) -> int:
+    return _counted(fn).get_total_flops()
 
 
 def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
@@ -432,13 +428,11 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     on the device. Run on a CPU (``device="cpu"``, quick sizes), the same code is the test of it."""
     import torch
 
-    from backbones.base import _count_cpu_attention
     from backbones.igpt.model import IGPTConfig, ImageGPT
     from backbones.igpt.train import train_step
     from bench.runtime import autocast_for
     from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, objective, probe_layer, standardize
 
-    _count_cpu_attention()
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     # (layers, width, heads, tokens, batch)
     extract_shape, train_shape = ((2, 64, 2, 64, 2), (2, 64, 2, 64, 2)) if quick else \
