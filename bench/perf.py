@@ -7,7 +7,8 @@ Rows (a row that the machine or the installed packages cannot run says why and i
   (ours stops there) against transformers' ``ImageGPTModel(output_hidden_states=True)``, same
   weights, fp32; check: the states agree. The note adds the ceiling: the reference's time over the
   time of the FLOPs the forward needs (causal attention at half its score matrix) at the rate of one
-  matmul of the shape's MLP, the most any implementation could gain; and each side's share of that rate.
+  matmul of the shape's MLP (its largest product), the gain of an implementation that ran every FLOP
+  at that rate; and each side's share of that rate.
 - ``flops``: achieved FLOP/s of an iGPT-S-shaped forward over the FLOP/s of one fp32 matmul of its
   MLP's size; ``bf16``: the same forward under bf16 autocast against fp32; check: features agree.
 - ``probe``: the linear probe's whole default grid against ONE scikit-learn lbfgs fit at the
@@ -171,8 +172,8 @@ def extraction_rows(quick: bool) -> list[Row]:
             work = {name: _necessary_flops(runs[name]) for name in ("all", "mid")}
         check = f"max |Δ| of {mid} and final states {err:.1e}"
         for name, goal in (("all", "geomean >= 3x"), ("mid", "geomean >= 6x")):
-            # At best every necessary FLOP runs at the matmul's rate: no implementation beats the
-            # reference by more than its time over that (ours and the reference: share of that rate).
+            # At best every necessary FLOP runs at the rate of the forward's largest matmul: the
+            # reference's time over that time bounds the ratio (each side: its share of that rate).
             ceiling = t_ref * mm_rate / work[name]
             rows.append(Row(f"extract-{name}", setting, t[name], t_ref, ratio=t_ref / t[name], target=goal,
                             check=check, ok=err < 1e-3, ceiling=ceiling,
