@@ -158,18 +158,18 @@ def extraction_rows(quick: bool) -> list[Row]:
         mid = f"h{n_layer // 2}"
         setting = f"{n_layer}x{n_embd} @{tokens} tokens, batch {batch}"
         with torch.inference_mode():
-            hf = ref(idx, output_hidden_states=True).hidden_states
-            mine = ours.forward_intermediates(idx)
-            err = max(float((mine[mid] - hf[n_layer // 2]).abs().max()), float((mine["final"] - hf[-1]).abs().max()))
             runs = {
                 "ref": lambda ref=ref, idx=idx: ref(idx, output_hidden_states=True),
                 "all": lambda ours=ours, idx=idx: ours.forward_intermediates(idx),
                 "mid": lambda ours=ours, idx=idx, mid=mid: ours.forward_intermediates(idx, [mid], stop_early=True),
             }
+            hf = runs["ref"]().hidden_states
+            counter, mine = _counted(runs["all"])  # the states for the check, and the FLOPs they took
+            err = max(float((mine[mid] - hf[n_layer // 2]).abs().max()), float((mine["final"] - hf[-1]).abs().max()))
+            work = {"all": _necessary_flops(counter), "mid": _necessary_flops(_counted(runs["mid"])[0])}
             t = _interleaved_medians(runs, repeat)
             t_ref = t["ref"]
-            mm_rate = _matmul_rate_of(batch * tokens, n_embd, 4 * n_embd, repeat)
-            work = {name: _necessary_flops(runs[name]) for name in ("all", "mid")}
+            mm_rate = _matmul_rate(batch * tokens, n_embd, 4 * n_embd, repeat=max(3, repeat))
         check = f"max |Δ| of {mid} and final states {err:.1e}"
         for name, goal in (("all", "geomean >= 3x"), ("mid", "geomean >= 6x")):
             # At best every necessary FLOP runs at the rate of the forward's largest matmul: the
@@ -189,18 +189,10 @@ def extraction_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def _matmul_rate_of(m: int, k: int, n: int, repeat: int) -> float:
-    """FLOP/s of one fp32 (m x k) @ (k x n) matmul: an extraction shape's MLP, its fastest part."""
-    import torch
-
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    return 2 * m * k * n / _median_time(lambda: a @ b, max(3, repeat))
-
-
-def _necessary_flops(fn) -> float:
-    """The FLOPs ``fn``'s forward needs: torch's count with causal attention at half its score
-    matrix (the counter charges the masked half too; our kernel skips it, transformers computes it)."""
-    counter = _counted(fn)
+def _necessary_flops(counter) -> float:
+    """The FLOPs a forward counted by ``counter`` (from ``_counted``) needs: torch's count with causal
+    attention at half its score matrix (the counter charges the masked half too; our kernel skips
+    it, transformers computes it)."""
     per_op = counter.get_flop_counts().get("Global", {})
     attention = sum(n for op, n in per_op.items() if "scaled_dot_product" in str(op))
     return counter.get_total_flops() - attention / 2
@@ -219,14 +211,15 @@ def flops_rows(quick: bool) -> list[Row]:
     idx = torch.randint(0, 513, (batch, tokens), generator=torch.Generator().manual_seed(0))
     run = lambda: model.forward_intermediates(idx, ["final"])  # noqa: E731
     with torch.inference_mode():
-        flops = _flops(run)
+        counter, _ = _counted(run)
+        flops = counter.get_total_flops()
         t32 = _median_time(run, repeat)
-        mm_rate = _matmul_rate_of(batch * tokens, 512, 2048, repeat)
+        mm_rate = _matmul_rate(batch * tokens, 512, 2048, repeat=max(3, repeat))
         rows = [Row("flops", f"igpt-s shape (24x512) @{tokens} tokens, batch {batch}, fp32", flops / t32 / 1e9,
                     mm_rate / 1e9, unit="GFLOP/s", ratio=flops / t32 / mm_rate, target=">= 90% of the matmul's",
                     met=flops / t32 / mm_rate >= 0.9,
                     note=f"{flops / 1e9:.1f} GFLOP per forward, causal attention counted whole as torch's counter "
-                    f"does; {_necessary_flops(run) / t32 / mm_rate:.0%} counting the half it needs")]
+                    f"does; {_necessary_flops(counter) / t32 / mm_rate:.0%} counting the half it needs")]
         ref = run()["final"]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             t16 = _median_time(run, repeat)
@@ -397,17 +390,19 @@ def memory_rows(quick: bool, data_root=None) -> list[Row]:
                 peaks[large], peaks[small], unit="GiB", ratio=ratio, target="<= 1.1x (a guard)", met=ratio <= 1.1)]
 
 
-def _matmul_rate(device: str, dtype, n: int) -> float:
-    """FLOP/s of one n x n x n matmul on ``device``: the measured ceiling the device rows divide by."""
+def _matmul_rate(m: int, k: int, n: int, device: str = "cpu", dtype=None, repeat: int = 5) -> float:
+    """FLOP/s of one (m x k) @ (k x n) matmul on ``device`` (fp32 unless ``dtype``): the measured
+    rate the flops, extraction and device rows divide by."""
     import torch
 
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / _median_time(lambda: a @ b, 5, device)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    return 2 * m * k * n / _median_time(lambda: a @ b, repeat, device)
 
 
 def _counted(fn):
-    """torch's FlopCounterMode after one call of ``fn`` (taught the CPU attention kernel first)."""
+    """(torch's FlopCounterMode after one call of ``fn``, what the call returned); the counter is
+    taught the CPU attention kernel first."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from backbones.base import _count_cpu_attention
@@ -415,12 +410,12 @@ def _counted(fn):
     _count_cpu_attention()
     counter = FlopCounterMode(display=False)
     with counter:
-        fn()
-    return counter
+        out = fn()
+    return counter, out
 
 
 def _flops(fn) -> int:
-    return _counted(fn).get_total_flops()
+    return _counted(fn)[0].get_total_flops()
 
 
 def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
@@ -438,7 +433,8 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     # (layers, width, heads, tokens, batch)
     extract_shape, train_shape = ((2, 64, 2, 64, 2), (2, 64, 2, 64, 2)) if quick else \
         ((24, 512, 8, 1024, 64), (24, 512, 8, 784, 64))
-    peak = _matmul_rate(device, torch.bfloat16, 256 if quick else 8192)
+    size = 256 if quick else 8192
+    peak = _matmul_rate(size, size, size, device, torch.bfloat16)
     rows = []
     torch.manual_seed(0)
     n_layer, n_embd, n_head, tokens, batch = extract_shape

@@ -80,12 +80,12 @@ def test_necessary_flops_counts_the_linear_layers_and_half_the_causal_attention(
     import torch
 
     from backbones.igpt.model import IGPTConfig, ImageGPT
-    from bench.perf import _necessary_flops
+    from bench.perf import _counted, _necessary_flops
 
     B, T, C, L = 3, 16, 64, 2
     model = ImageGPT(IGPTConfig(n_colors=8, n_positions=T, n_embd=C, n_layer=L, n_head=2)).eval()
     idx = torch.randint(0, 9, (B, T))
     block = 2 * 12 * C * C * B * T + 2 * B * T * T * C
     with torch.inference_mode():
-        assert _necessary_flops(lambda: model.forward_intermediates(idx)) == L * block
-        assert _necessary_flops(lambda: model.forward_intermediates(idx, ["h1"], stop_early=True)) == block
+        assert _necessary_flops(_counted(lambda: model.forward_intermediates(idx))[0]) == L * block
+        assert _necessary_flops(_counted(lambda: model.forward_intermediates(idx, ["h1"], stop_early=True))[0]) == block
