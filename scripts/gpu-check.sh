@@ -7,11 +7,15 @@
 #      and a linear probe of every layer of it (bf16 extraction, probe on the device).
 # Needs the project installed (`pip install --no-deps --no-build-isolation -e .`) and Fashion-MNIST's
 # four IDX files under $BENCH_DATA_ROOT (or the system place). Everything goes to $OUT; the wall
-# time of each step to $OUT/times.txt. A CPU trial of the chain (~2 minutes): DEVICE=cpu STEPS=2 LIMIT=300.
+# time of each step to $OUT/times.txt. A CPU trial of the chain (the suite runs it:
+# tests/test_perf.py): DEVICE=cpu STEPS=2 BATCH=8 LIMIT=300 PRECISION=fp32 (bf16 without bf16
+# hardware took 10 minutes for the probe's extraction alone).
 set -euo pipefail
 OUT=${OUT:-gpu-check}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-4000}
+BATCH=${BATCH:-128}
+PRECISION=${PRECISION:-bf16}
 LIMIT_ARGS=()
 if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
 COMPILE_ARGS=()
@@ -24,10 +28,10 @@ TIMES="$OUT/times.txt"
 source "$(dirname "$0")/steps.sh"
 
 step perf-gpu $BENCH perf --only gpu --json "$OUT/perf-gpu.json"
-step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size 128 --lr 2e-3 \
-    --warmup $((STEPS / 25 + 1)) --precision bf16 --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}" "${COMPILE_ARGS[@]}"
+step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size "$BATCH" --lr 2e-3 \
+    --warmup $((STEPS / 25 + 1)) --precision "$PRECISION" --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}" "${COMPILE_ARGS[@]}"
 step probe-igpt $BENCH -q run -b igpt --weights "$OUT/pretrain" -t linear-probe -d fashion-mnist \
-    --device "$DEVICE" --precision bf16 --results "$OUT/records" "${LIMIT_ARGS[@]}"
+    --device "$DEVICE" --precision "$PRECISION" --results "$OUT/records" "${LIMIT_ARGS[@]}"
 step probe-pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --device "$DEVICE" \
     --results "$OUT/records" "${LIMIT_ARGS[@]}"
 $BENCH report "$OUT/records" --summary

@@ -2,8 +2,13 @@
 every correctness check of a fast path against its reference must pass."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+
+from tests.conftest import ROOT, need_fashion_mnist
 
 
 def test_perf_quick_runs_every_row_and_its_checks_pass(bench, tmp_path):
@@ -46,6 +51,27 @@ def test_device_rows_run_on_the_cpu_and_their_checks_pass():
     assert [r.row for r in rows] == ["dev-extract", "dev-pretrain", "dev-probe"]
     assert all(r.ok for r in rows), rows
     assert all(r.ours > 0 for r in rows)
+
+
+def test_gpu_check_script_runs_its_chain_on_the_cpu(tmp_path):
+    """scripts/gpu-check.sh is what a session lent a GPU runs once, with minutes to spare: its CPU
+    trial (tiny sizes, fp32) keeps its commands and flags in step with the CLI meanwhile."""
+    need_fashion_mnist()
+    out = tmp_path / "gpu-check"
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "2", "BATCH": "8", "LIMIT": "100", "PRECISION": "fp32",
+           "OUT": str(out), "BENCH": f"{sys.executable} -m bench"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh")], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    times = (out / "times.txt").read_text()
+    assert [line.split(":")[0] for line in times.splitlines()] == ["perf-gpu", "pretrain", "probe-igpt",
+                                                                   "probe-pixels"]
+    assert [row["row"] for row in json.loads((out / "perf-gpu.json").read_text())["rows"]] == ["gpu"]
+    records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+    assert sorted(rec["run"]["backbone"] for rec in records) == ["igpt", "pixels"]
+    assert {rec["run"]["step"] for rec in records if rec["run"]["backbone"] == "igpt"} == {2}
+    assert (out / "pretrain" / "checkpoints" / "step-0000002").is_dir()
+    assert "h4" in r.stdout and "pixels" in r.stdout  # the summary table
 
 
 def test_contenders_alternate_and_each_gets_the_median_of_its_own_rounds(monkeypatch):
