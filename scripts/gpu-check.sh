@@ -8,8 +8,8 @@
 # Needs the project installed (`pip install --no-deps --no-build-isolation -e .`) and Fashion-MNIST's
 # four IDX files under $BENCH_DATA_ROOT (or the system place). Everything goes to $OUT; the wall
 # time of each step to $OUT/times.txt. A CPU trial of the chain (the suite runs it:
-# tests/test_perf.py): DEVICE=cpu STEPS=2 BATCH=8 LIMIT=300 PRECISION=fp32 (bf16 without bf16
-# hardware took 10 minutes for the probe's extraction alone).
+# tests/test_perf.py, ~1 minute): DEVICE=cpu STEPS=2 BATCH=8 LIMIT=100 PRECISION=fp32 (in bf16, on
+# a CPU without bf16 instructions, the probe step alone took 10 minutes at LIMIT=300).
 set -euo pipefail
 OUT=${OUT:-gpu-check}
 DEVICE=${DEVICE:-cuda}
