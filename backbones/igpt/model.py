@@ -233,7 +233,7 @@ class Block(nn.Module):
         0.655 s (medians; the paired ratios' medians 0.944 and 0.927, the two old copies' 1.03). An
         8x256 model at 784 tokens, bound by its larger products, gained nothing (12.86 s against
         13.50 and 12.86 s, 5 rounds). For the thousands of rows of ``forward`` the layout makes no
-        difference (within 3 %), and a GPU's GEMMs take either, so there the views are used as
+        difference (within 4 %), and a GPU's GEMMs take either, so there the views are used as
         they are. The price on a CPU is a second copy of the block weights while a batch samples."""
         weights = (self.attn.c_attn.weight, self.attn.c_proj.weight, self.c_fc.weight, self.c_proj.weight)
         cpu = weights[0].device.type == "cpu"
