@@ -677,8 +677,11 @@ def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, n
               help="Run only these groups of rows (repeatable).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the machine and every row to this JSON file.")
+@click.option("--profile", is_flag=True,
+              help="Also run our side of each row once more under torch's profiler and print where its time "
+                   "goes: the top operators (kernels on a GPU) by self time, as shares of that call's wall time.")
 @click.pass_context
-def perf(ctx, quick, only, json_out):
+def perf(ctx, quick, only, json_out, profile):
     """Our fast paths against the references, in one process: each row's two times, their ratio,
     the target, and a correctness check of the fast path against the reference.
 
@@ -688,6 +691,7 @@ def perf(ctx, quick, only, json_out):
     Example:
       bench perf --quick
       bench perf --json perf.json
+      bench perf --only probe --profile
     """
     import json
 
@@ -698,10 +702,14 @@ def perf(ctx, quick, only, json_out):
         from bench.store import check_writable
 
         check_writable(Path(json_out), "--json")
-    info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx))
+    info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx), profile=profile)
     click.echo(" · ".join(f"{k} {v}" for k, v in info.items() if v is not None))
     render(perf_rows.table(rows), "table", title=f"bench perf{' --quick' if quick else ''} (ratio: reference time / ours; "
                                                   "our rate / the reference's; memory: many / few images)")
+    if profile:
+        render(perf_rows.profile_table(rows), "table",
+               title="where our time goes: one more call of our side under torch's profiler (self time; share of "
+                     "that call's wall time, the profiler's own cost included)")
     if json_out:
         from bench.records import atomic_write_bytes
 

@@ -52,6 +52,7 @@ class Row:
     ok: bool | None = None  # the correctness check passed (None: not applicable)
     note: str = ""
     ceiling: float | None = None  # the largest ratio the measured matmul rate allows (extraction rows)
+    profile: list[dict] | None = None  # where our side's time goes (``--profile``): ``_profile``'s entries
 
 
 def machine() -> dict:
@@ -108,6 +109,55 @@ def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warm
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
+PROFILE_TOP = 6  # operators (kernels on a GPU) per profiled row
+
+
+def _profile(fn: Callable[[], object], device: str = "cpu", top: int = PROFILE_TOP) -> list[dict]:
+    """Where one more call of ``fn`` spends its time, by torch's profiler: the ``top`` operators by
+    self time (on a GPU, the kernels by device time), each as ``{"op", "seconds", "calls",
+    "share"}`` with share the fraction of the call's wall time, then ``(other operators)`` and the
+    rest of the wall time, ``(outside operators)`` (Python, dispatch; on a GPU, ``(device idle)``).
+    The profiler's own cost per operator call (microseconds) is in the figures: a loop of many
+    tiny calls, such as the sampler's, runs slower profiled than timed. On a CPU the profiler
+    without kineto, which on a machine without CUDA logs start, stop and a device-count error
+    to stderr at every use. A profiler that fails leaves one entry that says so, and the row's
+    figures stand (its call ran unprofiled before)."""
+    import torch
+
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        from torch.profiler import ProfilerActivity, profile
+
+        profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    else:
+        profiler = torch.autograd.profiler.profile(use_kineto=False)
+    try:
+        with profiler:
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - start
+    except RuntimeError as e:  # the call ran unprofiled before: the profiler failed, not the row
+        return [{"op": f"(profiler failed: {str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                 "seconds": 0.0, "calls": None, "share": 0.0}]
+    if cuda:
+        timed = [(e.key, getattr(e, "self_device_time_total", 0) / 1e6, e.count) for e in profiler.key_averages()
+                 if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        timed = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in profiler.key_averages()]
+    timed = sorted((t for t in timed if t[1] > 0), key=lambda t: -t[1])
+    entries = [{"op": op, "seconds": s, "calls": n, "share": s / wall} for op, s, n in timed[:top]]
+    rest = sum(s for _, s, _ in timed[top:])
+    if rest:
+        entries.append({"op": "(other operators)", "seconds": rest, "calls": sum(n for *_, n in timed[top:]),
+                        "share": rest / wall})
+    outside = max(wall - sum(s for _, s, _ in timed), 0.0)
+    entries.append({"op": "(device idle)" if cuda else "(outside operators)", "seconds": outside, "calls": None,
+                    "share": outside / wall})
+    return entries
+
+
 def _transformers():
     try:
         import transformers
@@ -140,7 +190,7 @@ def _pair(n_layer: int, n_embd: int, n_head: int, n_colors: int, n_positions: in
     return ref, ours
 
 
-def extraction_rows(quick: bool) -> list[Row]:
+def extraction_rows(quick: bool, profile: bool = False) -> list[Row]:
     """All layers and the middle layer, ours against transformers, fp32."""
     import torch
 
@@ -170,13 +220,14 @@ def extraction_rows(quick: bool) -> list[Row]:
             t = _interleaved_medians(runs, repeat)
             t_ref = t["ref"]
             mm_rate = _matmul_rate(batch * tokens, n_embd, 4 * n_embd, repeat=max(3, repeat))
+            profiles = {name: _profile(runs[name]) for name in ("all", "mid")} if profile else {}
         check = f"max |Δ| of {mid} and final states {err:.1e}"
         for name, goal in (("all", "geomean >= 3x"), ("mid", "geomean >= 6x")):
             # At best every necessary FLOP runs at the rate of the forward's largest matmul: the
             # reference's time over that time bounds the ratio (each side: its share of that rate).
             ceiling = t_ref * mm_rate / work[name]
             rows.append(Row(f"extract-{name}", setting, t[name], t_ref, ratio=t_ref / t[name], target=goal,
-                            check=check, ok=err < 1e-3, ceiling=ceiling,
+                            check=check, ok=err < 1e-3, ceiling=ceiling, profile=profiles.get(name),
                             note=f"ours {work[name] / t[name] / mm_rate:.0%}, transformers "
                                  f"{work['all'] / t_ref / mm_rate:.0%} of a matmul's FLOP/s"))
     for name, goal in (("extract-all", 3.0), ("extract-mid", 6.0)):
@@ -198,7 +249,7 @@ def _necessary_flops(counter) -> float:
     return counter.get_total_flops() - attention / 2
 
 
-def flops_rows(quick: bool) -> list[Row]:
+def flops_rows(quick: bool, profile: bool = False) -> list[Row]:
     """iGPT-S forward: achieved FLOP/s against one fp32 matmul's, and bf16 against fp32."""
     import torch
 
@@ -219,21 +270,23 @@ def flops_rows(quick: bool) -> list[Row]:
                     mm_rate / 1e9, unit="GFLOP/s", ratio=flops / t32 / mm_rate, target=">= 90% of the matmul's",
                     met=flops / t32 / mm_rate >= 0.9,
                     note=f"{flops / 1e9:.1f} GFLOP per forward, causal attention counted whole as torch's counter "
-                    f"does; {_necessary_flops(counter) / t32 / mm_rate:.0%} counting the half it needs")]
+                    f"does; {_necessary_flops(counter) / t32 / mm_rate:.0%} counting the half it needs",
+                    profile=_profile(run) if profile else None)]
         ref = run()["final"]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             t16 = _median_time(run, repeat)
             low = run()["final"].float()
+            profile16 = _profile(run) if profile else None
         cos = float(torch.nn.functional.cosine_similarity(low.flatten(1), ref.flatten(1)).min())
     bf16_cpu = cpu_bf16_hardware()
     rows.append(Row("bf16", f"same forward, bf16 autocast vs fp32 ({bf16_cpu or 'no bf16 hardware'})", t16, t32,
                     ratio=t32 / t16, target=">= 1.6x where the CPU has AVX512-BF16 or AMX",
                     met=(t32 / t16 >= 1.6) if bf16_cpu else None, check=f"min cosine of final states {cos:.4f}",
-                    ok=cos > 0.99))
+                    ok=cos > 0.99, profile=profile16))
     return rows
 
 
-def probe_rows(quick: bool, data_root=None) -> list[Row]:
+def probe_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
     """Our whole default grid against ONE sklearn lbfgs fit at the strength we chose."""
     import warnings
 
@@ -252,9 +305,12 @@ def probe_rows(quick: bool, data_root=None) -> list[Row]:
     X = {s: d.images.reshape(len(d), -1).astype(np.float32) for s, d in data.items()}
     y = {s: d.labels for s, d in data.items()}
     classes = int(max(v.max() for v in y.values())) + 1
+    def grid():
+        return probe_layer(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"], DEFAULT_GRID, classes,
+                           patience=0)
+
     t = time.perf_counter()
-    fit = probe_layer(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"], DEFAULT_GRID, classes,
-                      patience=0)
+    fit = grid()
     t_ours = time.perf_counter() - t
     Xall, yall = np.concatenate([X["train"], X["val"]]), np.concatenate([y["train"], y["val"]])
     Xall_s, Xte_s = standardize(Xall, X["test"])
@@ -267,12 +323,13 @@ def probe_rows(quick: bool, data_root=None) -> list[Row]:
 
     f_ours = objective(Xall_s, yall, ours.W, ours.b, fit.l2)
     f_ref = objective(Xall_s, yall, ref.coef_.T, ref.intercept_, fit.l2)
+    profiled = _profile(grid) if profile else None
     ref_top1 = 100.0 * float((ref.predict(Xte_s) == y["test"]).mean())
     ok = f_ours <= f_ref + 1e-4 * abs(f_ref) + 1e-5
     return [Row("probe", f"pixels on {dataset}: our {len(DEFAULT_GRID)}-strength grid vs one sklearn fit at "
                 f"L2 {fit.l2:g}", t_ours, t_ref, ratio=t_ref / t_ours, target=">= 5x", met=t_ref / t_ours >= 5,
                 check=f"objective ours {f_ours:.6f} vs sklearn {f_ref:.6f}; test top-1 {fit.test:.2f} vs "
-                f"{ref_top1:.2f}", ok=ok)]
+                f"{ref_top1:.2f}", ok=ok, profile=profiled)]
 
 
 def _samplers(model, ref, prefix, sos, tokens: int, recompute: bool, out: dict) -> dict:
@@ -294,7 +351,7 @@ def _samplers(model, ref, prefix, sos, tokens: int, recompute: bool, out: dict) 
     return fns
 
 
-def sampling_rows(quick: bool) -> list[Row]:
+def sampling_rows(quick: bool, profile: bool = False) -> list[Row]:
     """KV cache against recomputation (same tokens) and against transformers generate."""
     import torch
 
@@ -322,22 +379,27 @@ def sampling_rows(quick: bool) -> list[Row]:
             # a round of the short row takes ~9 s (five rounds: over three, its ratio ranged
             # 9.2-11.0x between runs), of a long one about a minute
             t = _interleaved_medians(contenders, 1 if quick else 5 if tokens <= 256 else 2, warmup=False)
+            # our sampler's profile goes with the setting's first row
+            profiled = _profile(contenders["cache"]) if profile else None
         t_fast, fast = t["cache"], out["cache"]
         if recompute:
             same = bool(torch.equal(fast, out["recompute"]))
             ratio = t["recompute"] / t_fast
             rows.append(Row("sample-cache", setting, t_fast, t["recompute"], ratio=ratio, target=">= 10x",
                             met=ratio >= 10, check="same tokens as recomputing" if same else
-                            "tokens differ from recomputing", ok=same))
+                            "tokens differ from recomputing", ok=same, profile=profiled))
+            profiled = None
         if transformers is None:
-            rows.append(Row("sample-hf", setting, t_fast, note="transformers not installed: pip install -e '.[perf]'"))
+            rows.append(Row("sample-hf", setting, t_fast, note="transformers not installed: pip install -e '.[perf]'",
+                            profile=profiled))
             continue
         with torch.inference_mode():
             seq = torch.cat([sos, fast[:, :-1]], dim=1)
             err = float((model(seq) - ref(seq).logits[..., :colors]).abs().max())
         t_hf = t["hf"]
         rows.append(Row("sample-hf", setting, t_fast, t_hf, ratio=t_hf / t_fast, target=">= 1.5x at every length",
-                        met=t_hf / t_fast >= 1.5, check=f"max |Δ logits| vs transformers {err:.1e}", ok=err < 1e-3))
+                        met=t_hf / t_fast >= 1.5, check=f"max |Δ logits| vs transformers {err:.1e}", ok=err < 1e-3,
+                        profile=profiled))
     return rows
 
 
@@ -353,9 +415,10 @@ finally:
 """
 
 
-def memory_rows(quick: bool, data_root=None) -> list[Row]:
+def memory_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
     """Peak memory of ``bench extract`` (resnet18, every layer) on few and on many images: each in a
-    fresh process (its peak resident set), so streaming is what keeps the ratio near 1."""
+    fresh process (its peak resident set), so streaming is what keeps the ratio near 1. Its work
+    runs in those processes: ``profile`` has nothing here to profile."""
     import os
     import subprocess
     import sys
@@ -419,7 +482,7 @@ def _flops(fn) -> int:
     return _counted(fn)[0].get_total_flops()
 
 
-def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
+def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> list[Row]:
     """The accelerator's rows: iGPT-S extraction and a pretraining step under bf16 autocast as a
     fraction of one large bf16 matmul's measured rate, and the linear probe of 8 layers of features
     on the device. Run on a CPU (``device="cpu"``, quick sizes), the same code is the test of it."""
@@ -451,11 +514,12 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
         t = _median_time(run, 2 if quick else 5, device)
         low = run()["final"].float().mean(1)
         ref = model.forward_intermediates(idx)["final"].mean(1)
+        profiled = _profile(run, device) if profile else None
     cos = float(torch.nn.functional.cosine_similarity(low, ref).min())
     rows.append(Row("dev-extract", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, all layers, "
                     f"bf16 ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
                     ratio=flops / t / peak, target=">= 40% of a bf16 matmul's rate", met=flops / t / peak >= 0.4,
-                    check=f"min cosine of pooled final features vs fp32 {cos:.4f}", ok=cos > 0.99))
+                    check=f"min cosine of pooled final features vs fp32 {cos:.4f}", ok=cos > 0.99, profile=profiled))
 
     n_layer, n_embd, n_head, tokens, batch = train_shape
     torch.manual_seed(0)
@@ -470,10 +534,11 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     first = step().item()
     t = _median_time(step, 2 if quick else 5, device)
     last = step().item()
+    profiled = _profile(step, device) if profile else None
     rows.append(Row("dev-pretrain", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, bf16, fused "
                     f"AdamW{', compiled' if net is not model else ''} ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
                     ratio=flops / t / peak, target=">= 35% of a bf16 matmul's rate", met=flops / t / peak >= 0.35,
-                    check=f"loss {first:.3f} -> {last:.3f} over the timed steps", ok=last < first))
+                    check=f"loss {first:.3f} -> {last:.3f} over the timed steps", ok=last < first, profile=profiled))
 
     # 8 layers of features as iGPT-S gives them (512 wide), labels from a noisy linear teacher.
     n, dim, layers, classes = (600, 32, 2, 5) if quick else (8000, 512, 8, 10)
@@ -491,6 +556,7 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     start = time.perf_counter()
     fits = [probe(f, device) for f in feats]
     t_dev = time.perf_counter() - start
+    profiled = _profile(lambda: [probe(f, device) for f in feats], device) if profile else None
     # The check compares what both devices minimize at the strength chosen for layer 1, not
     # accuracies, which can flip on a near-tie with the device's rounding.
     Xtr, f = standardize(parts(feats[0].numpy())[0])[0], {}
@@ -501,34 +567,48 @@ def device_rows(quick: bool, device: str = "cuda") -> list[Row]:
     rows.append(Row("dev-probe", f"{name}: linear probe of {layers} layers x {dim} features, {n} train rows, "
                     "default grid", t_dev, None, target="all layers under 20 s", met=t_dev < 20,
                     check=f"layer 1 at L2 {fits[0].l2:g}: objective {f[device]:.6f} on the device vs "
-                    f"{f['cpu']:.6f} on the CPU (test top-1 {fits[0].test:.2f})", ok=gap <= 1e-4))
+                    f"{f['cpu']:.6f} on the CPU (test top-1 {fits[0].test:.2f})", ok=gap <= 1e-4, profile=profiled))
     return rows
 
 
-def gpu_rows(quick: bool) -> list[Row]:
+def gpu_rows(quick: bool, profile: bool = False) -> list[Row]:
     import torch
 
     if not torch.cuda.is_available():
         return [Row("gpu", "no CUDA device visible", note="skipped: the GPU rows need one")]
-    return device_rows(quick, "cuda")
+    return device_rows(quick, "cuda", profile)
 
 
 ROWS = {"extract": extraction_rows, "flops": flops_rows, "probe": probe_rows, "sample": sampling_rows,
         "memory": memory_rows, "gpu": gpu_rows}
 
 
-def run(quick: bool = False, only=None, log=lambda msg: None) -> tuple[dict, list[Row]]:
-    """The machine and every row of the chosen groups (all by default)."""
+def run(quick: bool = False, only=None, log=lambda msg: None, profile: bool = False) -> tuple[dict, list[Row]]:
+    """The machine and every row of the chosen groups (all by default); with ``profile``, each row
+    also says where our side's time goes (``_profile``: one more call of it, under torch's profiler)."""
     rows = []
     for name, fn in ROWS.items():
         if only and name not in only:
             continue
         log(f"perf: {name}")
-        rows += fn(quick)
+        rows += fn(quick, profile=profile)
     if quick:  # the targets are for the full sizes: a quick run only shows the ratios
         for r in rows:
             r.met = None
     return machine(), rows
+
+
+def profile_table(rows: list[Row]):
+    """The profiled rows' entries for people, one line each: the operator (kernel on a GPU), its
+    seconds, calls and share of the profiled call's wall time, the row and its setting on the
+    first line of each row's entries."""
+    import pandas as pd
+
+    return pd.DataFrame([{"row": r.row if i == 0 else "", "setting": r.setting if i == 0 else "", "operator": e["op"],
+                          "self": f"{e['seconds']:.3g} s", "calls": "—" if e["calls"] is None else str(e["calls"]),
+                          "share": f"{e['share']:.0%}"}
+                         for r in rows if r.profile for i, e in enumerate(r.profile)],
+                        columns=["row", "setting", "operator", "self", "calls", "share"])
 
 
 def as_dicts(rows: list[Row]) -> list[dict]:

@@ -33,6 +33,7 @@ def test_perf_quick_runs_every_row_and_its_checks_pass(bench, tmp_path):
         if row["row"].startswith("extract-"):
             assert row["ceiling"] > 0 and "at most" in row["note"], row
     assert sum(row["ok"] is True for row in doc["rows"]) >= 6  # the checks ran
+    assert all(row["profile"] is None for row in doc["rows"])  # only --profile profiles
     assert "ratio" in r.out and "sample-hf" in r.out
 
 
@@ -47,10 +48,70 @@ def test_device_rows_run_on_the_cpu_and_their_checks_pass():
     against the CPU's)."""
     from bench.perf import device_rows
 
-    rows = device_rows(True, "cpu")
+    rows = device_rows(True, "cpu", profile=True)
     assert [r.row for r in rows] == ["dev-extract", "dev-pretrain", "dev-probe"]
     assert all(r.ok for r in rows), rows
     assert all(r.ours > 0 for r in rows)
+    for r in rows:  # each profiled: its largest operator first
+        ops = [e for e in r.profile if not e["op"].startswith("(")]
+        assert ops and ops[0]["seconds"] == max(e["seconds"] for e in ops), r.profile
+
+
+def test_profile_names_the_operator_that_takes_the_time_and_its_shares_add_up():
+    """``_profile`` against a call whose cost is known: one large product and many tiny adds. The
+    product leads (its self time, not its children's), counted once; with ``top=1`` the adds go
+    into ``(other operators)``; the entries' shares, ``(outside operators)`` included, are the
+    whole call."""
+    import torch
+
+    from bench.perf import _profile
+
+    a, small = torch.randn(768, 768), torch.zeros(4)
+
+    def work():
+        a @ a
+        for _ in range(50):
+            small.add_(1)
+
+    entries = _profile(work, top=1)
+    assert [e["op"] for e in entries] == ["aten::mm", "(other operators)", "(outside operators)"]
+    assert entries[0]["calls"] == 1 and entries[1]["calls"] >= 50
+    assert entries[0]["seconds"] > entries[1]["seconds"]  # 0.9 GFLOP against 50 adds of 4 numbers
+    assert sum(e["share"] for e in entries) == pytest.approx(1.0)
+    assert all(e["seconds"] >= 0 for e in entries)
+
+
+def test_a_failing_profiler_leaves_an_entry_that_says_so(monkeypatch):
+    import torch
+
+    from bench.perf import _profile
+
+    class Broken:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("profiler already enabled on this thread\nmore detail")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.autograd.profiler, "profile", Broken)
+    assert _profile(lambda: None) == [{"op": "(profiler failed: profiler already enabled on this thread)",
+                                       "seconds": 0.0, "calls": None, "share": 0.0}]
+
+
+def test_perf_profile_prints_where_the_probe_spends_its_time(bench, tmp_path):
+    out = tmp_path / "perf.json"
+    r = bench("perf", "--quick", "--only", "probe", "--profile", "--json", out)
+    assert r.code == 0, r
+    (row,) = json.loads(out.read_text())["rows"]
+    ops = [e["op"] for e in row["profile"]]
+    # the probe's products: oneDNN's linear where this torch has it, else addmm / mm
+    assert {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm"} & set(ops), ops
+    assert ops[-1] == "(outside operators)"
+    assert sum(e["share"] for e in row["profile"]) == pytest.approx(1.0)
+    assert "where our time goes" in r.out and "(outside operators)" in r.out
 
 
 def test_gpu_check_script_runs_its_chain_on_the_cpu(tmp_path):
