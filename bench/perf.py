@@ -118,19 +118,20 @@ def _profile(fn: Callable[[], object], device: str = "cpu", top: int = PROFILE_T
     "share"}`` with share the fraction of the call's wall time, then ``(other operators)`` and the
     rest of the wall time, ``(outside operators)`` (Python, dispatch; on a GPU, ``(device idle)``).
     The profiler's own cost per operator call (microseconds) is in the figures: a loop of many
-    tiny calls, such as the sampler's, runs slower profiled than timed. On a CPU the profiler
-    without kineto, which on a machine without CUDA logs start, stop and a device-count error
-    to stderr at every use. A profiler that fails leaves one entry that says so, and the row's
+    tiny calls, such as the sampler's, runs slower profiled than timed. On a CPU, kineto's log is
+    silenced unless ``KINETO_LOG_LEVEL`` is set (read at the profiler's first use in a process):
+    a CUDA build of torch on a machine without a GPU logs start, stop and a device-count error to
+    stderr at every use. A profiler that fails leaves one entry that says so, and the row's
     figures stand (its call ran unprofiled before)."""
+    import os
+
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
     cuda = str(device).startswith("cuda")
-    if cuda:
-        from torch.profiler import ProfilerActivity, profile
-
-        profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    else:
-        profiler = torch.autograd.profiler.profile(use_kineto=False)
+    if not cuda:
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # above every level it logs at
+    profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
     try:
         with profiler:
             start = time.perf_counter()
