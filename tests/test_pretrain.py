@@ -152,6 +152,20 @@ def test_the_model_owns_its_loss_in_float32_under_autocast():
     assert math.isclose(bpd, expected.item() / math.log(2), rel_tol=1e-5)
 
 
+def test_to_device_gives_the_tokens_as_int64_whatever_their_layout():
+    """The training batch's way to the device (pinned and unwaited on a GPU): the same numbers as
+    int64, from any integer dtype and from a strided view."""
+    import numpy as np
+
+    from backbones.igpt.train import to_device
+
+    tokens = np.arange(24, dtype=np.int64).reshape(4, 6)
+    for view in (tokens, tokens.astype(np.uint8), tokens[::2, 1::2]):
+        x = to_device(view, "cpu")
+        assert x.dtype == torch.int64 and x.device.type == "cpu"
+        assert np.array_equal(x.numpy(), view.astype(np.int64))
+
+
 def test_compile_runs_the_step_compiled_and_is_no_setting_of_the_run(bench, tmp_path, monkeypatch):
     """`--compile` puts the training step through torch.compile (here with the aot_eager backend:
     the captured graph without inductor's kernel generation, which costs ~30 s on 2 cores), trains

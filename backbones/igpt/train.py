@@ -91,13 +91,25 @@ def bits_per_dim(model: ImageGPT, tokens, channels: int, batch_size: int = 64, d
     import torch
 
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     with torch.inference_mode():
         for s in range(0, len(tokens), batch_size):
-            x = torch.as_tensor(tokens[s : s + batch_size], dtype=torch.long, device=device)
-            total += model.loss(x, reduction="sum").item()
+            x = to_device(tokens[s : s + batch_size], device)
+            total += model.loss(x, reduction="sum").double()  # summed on the device: one sync at the end
             count += x.numel()
-    return total / count / math.log(2) / channels
+    return float(total) / count / math.log(2) / channels
+
+
+def to_device(tokens: np.ndarray, device):
+    """Palette tokens as int64 on ``device``. To a GPU through pinned memory without waiting: a
+    copy from pageable memory waits until the GPU has run all it was given, so the host could not
+    queue the next training step while this one runs."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(tokens))
+    if str(device).startswith("cuda"):
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True).long()
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -209,7 +221,7 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
         for step in range(start, cfg.steps):
             model.train()
             rows = batch_rows(step, len(train_tok), cfg.batch_size, cfg.seed)[rank * per_rank : (rank + 1) * per_rank]
-            x = torch.as_tensor(train_tok[np.sort(rows)], dtype=torch.long, device=device)
+            x = to_device(train_tok[np.sort(rows)], device)
             loss = train_step(net, opt, x, autocast, cfg.grad_clip)
             sched.step()
             bar.advance(1)
