@@ -306,6 +306,7 @@ def probe_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
     X = {s: d.images.reshape(len(d), -1).astype(np.float32) for s, d in data.items()}
     y = {s: d.labels for s, d in data.items()}
     classes = int(max(v.max() for v in y.values())) + 1
+
     def grid():
         return probe_layer(X["train"], y["train"], X["val"], y["val"], X["test"], y["test"], DEFAULT_GRID, classes,
                            patience=0)
