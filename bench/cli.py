@@ -707,9 +707,12 @@ def perf(ctx, quick, only, json_out, profile):
     render(perf_rows.table(rows), "table", title=f"bench perf{' --quick' if quick else ''} (ratio: reference time / ours; "
                                                   "our rate / the reference's; memory: many / few images)")
     if profile:
-        render(perf_rows.profile_table(rows), "table",
-               title="where our time goes: one more call of our side under torch's profiler (self time; share of "
-                     "that call's wall time, the profiler's own cost included)")
+        profiled = perf_rows.profile_table(rows)
+        if profiled.empty:
+            click.echo("--profile: none of these rows ran anything here to profile")
+        else:
+            render(profiled, "table", title="where our time goes: one more call of our side under torch's profiler "
+                                            "(self time; share of that call's wall time, the profiler's own cost included)")
     if json_out:
         from bench.records import atomic_write_bytes
 

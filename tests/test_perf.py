@@ -135,6 +135,7 @@ def test_gpu_check_script_runs_its_chain_on_the_cpu(tmp_path):
     assert [line.split(":")[0] for line in times.splitlines()] == ["perf-gpu", "pretrain", "probe-igpt",
                                                                    "probe-pixels"]
     assert [row["row"] for row in json.loads((out / "perf-gpu.json").read_text())["rows"]] == ["gpu"]
+    assert "none of these rows ran anything here to profile" in r.stdout  # --profile on the skipped row
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
     assert sorted(rec["run"]["backbone"] for rec in records) == ["igpt", "pixels"]
     assert {rec["run"]["step"] for rec in records if rec["run"]["backbone"] == "igpt"} == {2}
