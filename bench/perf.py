@@ -30,6 +30,7 @@ sizes. Ratios are reference time / our time (> 1: we are faster).
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from collections.abc import Callable
@@ -348,8 +349,20 @@ def _samplers(model, ref, prefix, sos, tokens: int, recompute: bool, out: dict) 
         fns["recompute"] = ours(False)
     if ref is not None:
         colors = int(sos[0, 0])
-        fns["hf"] = lambda: ref.generate(input_ids=sos, max_length=tokens + 1, do_sample=True, top_k=0,
-                                         use_cache=True, pad_token_id=colors)
+
+        def hf():
+            # the prompt is the start token, which also serves as the pad id (ImageGPT has none), so
+            # generate warns of right-padding on every call; it is not padding, and the warning is muted
+            log = logging.getLogger("transformers.generation.utils")
+            level = log.level
+            log.setLevel(logging.ERROR)
+            try:
+                return ref.generate(input_ids=sos, max_length=tokens + 1, do_sample=True, top_k=0, use_cache=True,
+                                    pad_token_id=colors)
+            finally:
+                log.setLevel(level)
+
+        fns["hf"] = hf
     return fns
 
 

@@ -184,3 +184,29 @@ def test_necessary_flops_counts_the_linear_layers_and_half_the_causal_attention(
     with torch.inference_mode():
         assert _necessary_flops(_counted(lambda: model.forward_intermediates(idx))[0]) == L * block
         assert _necessary_flops(_counted(lambda: model.forward_intermediates(idx, ["h1"], stop_early=True))[0]) == block
+
+
+def test_the_transformers_sampler_does_not_warn_of_padding_it_does_not_have():
+    """generate() calls our start-token prompt right-padded (the start token doubles as the pad id)
+    and logs a warning per call; the sampling row mutes generate's warnings for its own calls only."""
+    import logging
+
+    import torch
+
+    pytest.importorskip("transformers")
+    from bench.perf import _pair, _samplers
+
+    ref, model = _pair(1, 32, 2, 8, 6, head=True)
+    sos = torch.full((2, 1), 8, dtype=torch.long)
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append
+    log, before = logging.getLogger("transformers"), logging.getLogger("transformers.generation.utils").level
+    log.addHandler(handler)
+    try:
+        tokens = _samplers(model, ref, torch.zeros((2, 0), dtype=torch.long), sos, 6, False, {})["hf"]()
+    finally:
+        log.removeHandler(handler)
+    assert tokens.shape == (2, 7)
+    assert not [r for r in seen if "padding" in r.getMessage()], [r.getMessage() for r in seen]
+    assert logging.getLogger("transformers.generation.utils").level == before  # put back as it was
