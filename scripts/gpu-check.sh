@@ -11,7 +11,14 @@
 # time of each step to $OUT/times.txt. A CPU trial of the chain (the suite runs it:
 # tests/test_perf.py, ~1 minute): DEVICE=cpu STEPS=2 BATCH=8 LIMIT=100 PRECISION=fp32 (in bf16, on
 # a CPU without bf16 instructions, the probe step alone took 10 minutes at LIMIT=300).
+# PART=perf runs step 1 only and PART=chain step 2 only, into the same $OUT: two calls where one
+# command may not run 8 minutes.
 set -euo pipefail
+PART=${PART:-all}
+case "$PART" in
+    all | perf | chain) ;;
+    *) echo "gpu-check.sh: PART must be all, perf or chain, not '$PART'" >&2; exit 2 ;;
+esac
 OUT=${OUT:-gpu-check}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-4000}
@@ -25,19 +32,23 @@ BENCH=${BENCH:-bench}
 mkdir -p "$OUT"
 export BENCH_CACHE="$OUT/cache"
 TIMES="$OUT/times.txt"
-: > "$TIMES"
+if [ "$PART" != chain ]; then : > "$TIMES"; fi  # a chain after a perf part adds to its times
 source "$(dirname "$0")/steps.sh"
 
 # a failed perf step (a correctness check, say) is reported at the end: the pretraining still runs
 failed=()
-step perf-gpu $BENCH perf --only gpu --profile --json "$OUT/perf-gpu.json" || failed+=(perf-gpu)
-step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size "$BATCH" --lr 2e-3 \
-    --warmup $((STEPS / 25 + 1)) --precision "$PRECISION" --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}" "${COMPILE_ARGS[@]}"
-step probe-igpt $BENCH -q run -b igpt --weights "$OUT/pretrain" -t linear-probe -d fashion-mnist \
-    --device "$DEVICE" --precision "$PRECISION" --results "$OUT/records" "${LIMIT_ARGS[@]}"
-step probe-pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --device "$DEVICE" \
-    --results "$OUT/records" "${LIMIT_ARGS[@]}"
-$BENCH report "$OUT/records" --summary
+if [ "$PART" != chain ]; then
+    step perf-gpu $BENCH perf --only gpu --profile --json "$OUT/perf-gpu.json" || failed+=(perf-gpu)
+fi
+if [ "$PART" != perf ]; then
+    step pretrain $BENCH -q pretrain -b igpt-wide -d fashion-mnist --steps "$STEPS" --batch-size "$BATCH" --lr 2e-3 \
+        --warmup $((STEPS / 25 + 1)) --precision "$PRECISION" --device "$DEVICE" --out "$OUT/pretrain" "${LIMIT_ARGS[@]}" "${COMPILE_ARGS[@]}"
+    step probe-igpt $BENCH -q run -b igpt --weights "$OUT/pretrain" -t linear-probe -d fashion-mnist \
+        --device "$DEVICE" --precision "$PRECISION" --results "$OUT/records" "${LIMIT_ARGS[@]}"
+    step probe-pixels $BENCH -q run -b pixels -t linear-probe -d fashion-mnist --device "$DEVICE" \
+        --results "$OUT/records" "${LIMIT_ARGS[@]}"
+    $BENCH report "$OUT/records" --summary
+fi
 cat "$OUT/times.txt"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "failed: ${failed[*]} (its output is above)" >&2

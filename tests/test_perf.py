@@ -210,3 +210,20 @@ def test_the_transformers_sampler_does_not_warn_of_padding_it_does_not_have():
     assert tokens.shape == (2, 7)
     assert not [r for r in seen if "padding" in r.getMessage()], [r.getMessage() for r in seen]
     assert logging.getLogger("transformers.generation.utils").level == before  # put back as it was
+
+
+def test_gpu_check_script_runs_its_perf_part_alone_and_refuses_an_unknown_part(tmp_path):
+    """PART=perf (the first of two calls where one command may not run 8 minutes) runs only the
+    perf step; an unknown PART is one line on stderr, exit 2, before anything is written."""
+    out = tmp_path / "gpu-check"
+    env = {**os.environ, "DEVICE": "cpu", "OUT": str(out), "BENCH": f"{sys.executable} -m bench",
+           "CUDA_VISIBLE_DEVICES": ""}
+    script = ["bash", str(ROOT / "scripts" / "gpu-check.sh")]
+    r = subprocess.run(script, env={**env, "PART": "pretrain"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "gpu-check.sh: PART must be all, perf or chain, not 'pretrain'"], r.stderr
+    assert not out.exists()
+    r = subprocess.run(script, env={**env, "PART": "perf"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [line.split(":")[0] for line in (out / "times.txt").read_text().splitlines()] == ["perf-gpu"]
+    assert (out / "perf-gpu.json").is_file() and not (out / "pretrain").exists()
