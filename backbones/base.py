@@ -4,14 +4,20 @@ A backbone turns a uint8 image batch (N, H, W, C) into pooled features per named
 plugin class provides (subclass ``Backbone``):
 
 - ``create(name, spec: DataSpec, options: BackboneOptions)`` (classmethod): build one;
+- ``accepts_weights`` / ``accepts_pretrained`` (class attributes, False by default): whether
+  ``create`` loads ``options.weights`` / the family's published weights. ``--weights`` and
+  ``--pretrained`` are refused (one line, before any work) for a class that does not declare them,
+  so that no result is labelled with weights the backbone never read;
 - ``name``: optional; the registered name is used when the class has none;
 - ``layers``: exportable layer names in depth order; ``layer_widths()``: {layer: feature size};
 - ``preprocess(images) -> tensor``: uint8 (N, H, W, C) numpy -> model input;
 - ``features(x, layers) -> {layer: [B, D]}``: computes nothing past the deepest requested layer and
   is differentiable (no ``inference_mode`` inside: the extraction step applies it);
 - ``config()``: architecture + preprocessing facts (JSON-able) for the fingerprint;
-- optional: ``weights_digest()`` (hash of the weights, for the fingerprint), ``module`` (the torch
-  module holding trainable parameters, for tasks that train; None when there is none), ``to(device)``,
+- optional: ``weights_digest()`` (hash of the weights, for the fingerprint; when it returns "", the
+  default, the harness digests the ``--weights`` file or folder itself), ``module`` (an attribute a
+  plugin may set, ``self.module = net``, or a property: the torch module holding trainable
+  parameters, for tasks that train; None, the default, when there is none), ``to(device)``,
   ``step`` (training step of the weights, for checkpoints), ``weights`` (a label for the weights);
 - optional, a generative side (``generative = True``): ``bits_per_dim(images)``, ``sample(n,
   temperature, top_k, seed)`` -> uint8 images, and ``model_view(images)`` (real images as the model
@@ -19,10 +25,10 @@ plugin class provides (subclass ``Backbone``):
   and ``weights_info(weights)`` (static): facts a study must not mix (palette, training dataset),
   read from the files without loading the weights.
 
-From those the base class derives ``fingerprint`` (a hash of config + weights digest) and
-``provenance()``. A registered object is either such a class or a *family* (``family = True``)
-that answers for many names (``handles(name)``, ``list_names(pattern)``), as timm does for every
-timm model.
+From those the base class derives ``fingerprint`` (a hash of config + weights digest; not to be
+overridden) and ``provenance()``. A registered object is either such a class or a *family*
+(``family = True``) that answers for many names (``handles(name)``, ``list_names(pattern)``), as
+timm does for every timm model.
 """
 
 from __future__ import annotations
@@ -89,11 +95,10 @@ class Backbone:
     family: ClassVar[bool] = False
     weights: str | None = None  # what the weights are: a path, "pretrained", "random-init(seed=0)"
     step: int | None = None  # the training step of a checkpoint
-
-    @property
-    def module(self):
-        """The torch module whose parameters a task may train (None: nothing to train)."""
-        return None
+    module: Any = None  # the torch module whose parameters a task may train (None: nothing to train)
+    accepts_weights: ClassVar[bool] = False  # create() loads options.weights (else --weights is refused)
+    accepts_pretrained: ClassVar[bool] = False  # create() loads published weights (else --pretrained is refused)
+    _weights_file_digest: str = ""  # set by create_backbone: the --weights digest when weights_digest() is ""
 
     @classmethod
     def create(cls, name: str, spec: DataSpec, options: BackboneOptions) -> Backbone:
@@ -113,11 +118,13 @@ class Backbone:
         raise NotImplementedError
 
     def weights_digest(self) -> str:
+        """A hash of the loaded weights; "" (the default) lets the harness digest the --weights path."""
         return ""
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps({"config": self.config(), "weights": self.weights_digest()}, sort_keys=True)
+        weights = self.weights_digest() or self._weights_file_digest
+        blob = json.dumps({"config": self.config(), "weights": weights}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def provenance(self) -> dict:
@@ -169,8 +176,23 @@ def state_dict_digest(state_dict) -> str:
     return h.hexdigest()
 
 
-def resolve(name: str) -> type[Backbone]:
-    """The backbone class (or family) answering for ``name``; "did you mean" when none does."""
+def resolve(name: str, *, pretrained: bool = False, weights: bool = False) -> type[Backbone]:
+    """The backbone class (or family) answering for ``name``; "did you mean" when none does.
+    With ``pretrained`` / ``weights`` (whether --pretrained / --weights are given), a class that
+    does not declare it loads them is refused: its results would be labelled as weights it never read."""
+    cls = _find(name)
+    if pretrained and not getattr(cls, "accepts_pretrained", False):
+        hint = "pass --weights instead" if getattr(cls, "accepts_weights", False) else "drop --pretrained"
+        raise BenchError(f"backbone {name!r} takes no --pretrained (it does not declare accepts_pretrained = True); "
+                         f"{hint}")
+    if weights and not getattr(cls, "accepts_weights", False):
+        raise BenchError(f"backbone {name!r} takes no --weights (it does not declare accepts_weights = True); drop "
+                         "--weights, or make its create() load options.weights and declare accepts_weights = True")
+    return cls
+
+
+def _find(name: str) -> type[Backbone]:
+    """The registered class, else the family that handles ``name``; "did you mean" when none does."""
     if name in BACKBONES:
         obj = BACKBONES.get(name)
         if not getattr(obj, "family", False):
@@ -183,7 +205,7 @@ def resolve(name: str) -> type[Backbone]:
             if obj.handles(name):
                 return obj
     if name in BACKBONES:  # a bare family name such as "timm"
-        raise BenchError(f"{name!r} is a family of backbones; name one model, e.g. {obj.example!r}")
+        raise BenchError(f"{name!r} is a family of backbones; name one model, e.g. {BACKBONES.get(name).example!r}")
     candidates = [n for n in BACKBONES.names() if not getattr(BACKBONES.get(n), "family", False)]
     for fam in families:
         candidates += fam.list_names()
@@ -193,15 +215,46 @@ def resolve(name: str) -> type[Backbone]:
 
 
 def create_backbone(name: str, spec: DataSpec, options: BackboneOptions | None = None) -> Backbone:
+    """Build backbone ``name`` for data of ``spec``; --weights / --pretrained are checked against what
+    its class declares first. When the backbone gives no ``weights_digest()``, the digest of the
+    --weights path enters its fingerprint, so two weights files never share a result."""
     options = options or BackboneOptions()
     if options.image_size is not None and options.image_size < 1:
         raise BenchError(f"--image-size must be a positive integer, got {options.image_size}")
-    backbone = resolve(name).create(name, spec, options)
+    cls = resolve(name, pretrained=options.pretrained, weights=bool(options.weights))
+    backbone = cls.create(name, spec, options)
     if not getattr(backbone, "name", None):
         backbone.name = name
     if not getattr(backbone, "weights", None):
         backbone.weights = describe_weights(options)
+    if options.weights and not backbone.weights_digest():
+        backbone._weights_file_digest = path_digest(options.weights)
     return backbone
+
+
+def path_digest(path: str | Path) -> str:
+    """sha256 of a weights file; of a folder, over its files' relative paths and sha256s in sorted
+    relative-path order (so a renamed or changed file changes it)."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"weights {path} do not exist; pass an existing --weights file or folder")
+    try:
+        if path.is_file():
+            return _file_sha256(path)
+        files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+        if not files:
+            raise BenchError(f"--weights {path} is an empty folder; pass the file or folder the weights were saved to")
+        h = hashlib.sha256()
+        for rel, f in files:
+            h.update(f"{rel}\0{_file_sha256(f)}\n".encode())
+        return h.hexdigest()
+    except OSError as e:
+        raise BenchError(f"cannot read --weights {path} ({e.strerror or e}); check its permissions") from None
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def describe_weights(options: BackboneOptions) -> str | None:

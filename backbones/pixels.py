@@ -14,6 +14,8 @@ class PixelsBackbone(Backbone):
     name = "pixels"
     description = "the raw image flattened and scaled to [0, 1]; one layer"
     layers = ["pixels"]
+    accepts_weights = False  # nothing to load: --weights and --pretrained are refused
+    accepts_pretrained = False
 
     def __init__(self, spec: DataSpec):
         self.spec = spec

@@ -30,6 +30,8 @@ class TimmBackbone(Backbone):
     family = True
     example = "resnet18"
     description = "any timm model (random init, --pretrained, or --weights FILE)"
+    accepts_weights = True  # a state-dict file
+    accepts_pretrained = True  # timm's published weights
 
     # -- family ------------------------------------------------------------------------------
     @staticmethod

@@ -43,6 +43,8 @@ class IGPTBackbone(Backbone):
     family = True
     example = "igpt-tiny"
     description = "Image GPT: ours, loads transformers-format ImageGPT folders (--weights DIR)"
+    accepts_weights = True  # an ImageGPT folder, one of our checkpoints or run folders, or a hub id
+    accepts_pretrained = False  # published weights come through --weights (e.g. openai/imagegpt-small)
 
     @staticmethod
     def handles(name: str) -> bool:

@@ -15,6 +15,8 @@ class ColorStats(Backbone):
     name = "color-stats"
     description = "per-channel colour statistics (example plugin)"
     layers = ["mean", "moments"]
+    accepts_weights = False  # nothing to load: --weights and --pretrained are refused (the default)
+    accepts_pretrained = False
 
     def __init__(self, spec):
         self.spec = spec
