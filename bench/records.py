@@ -1,7 +1,7 @@
 """Result records: flat dicts, one number each, with everything needed to trust it.
 
-A results file is JSON: ``{"format": "igpt-bench/results", "version": 1, "run": {...},
-"records": [...]}``. ``run`` holds the result's ``identity`` (what was measured) and provenance;
+A results file is JSON: ``{"format": "igpt-bench/results", "version": 2, "run": {...},
+"records": [...]}`` (version 1 files, without per-record provenance, are still read). ``run`` holds the result's ``identity`` (what was measured) and provenance;
 each record repeats the provenance and the run id, so records can be pooled freely and still be
 told apart by run.
 """
@@ -19,6 +19,7 @@ from bench.errors import BenchError
 
 RESULTS_FORMAT = "igpt-bench/results"
 RESULTS_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 TAG = re.compile(r"[\w.+-]{1,64}")
 
 
@@ -65,7 +66,7 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
         doc = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # unreadable (or an impossible name, which check_writable words)
-    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT or doc.get("version") not in READABLE_VERSIONS:
         return None
     run = doc.get("run") or {}
     if run.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
@@ -105,14 +106,27 @@ def write_results(path: Path, run: dict, records: list[dict]) -> Path:
     return atomic_write_bytes(path, (json.dumps(doc, indent=1, default=str) + "\n").encode())
 
 
-def read_results(path: str | Path) -> list[dict]:
-    path = Path(path)
+def _parse(path: Path):
+    """The JSON document in ``path``; BenchError naming the file when it cannot be read or parsed."""
     try:
-        doc = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BenchError(f"{path} is not a readable results file ({e}); pass files written by `bench run`") from None
+        why = getattr(e, "strerror", None) or e
+        raise BenchError(f"{path} is not a readable results file ({why}); pass files written by `bench run`") from None
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The records of a results file, each with ``file`` set; BenchError naming the file when it is
+    not one, is of a version this code does not know, or holds a damaged record."""
+    path = Path(path)
+    doc = _parse(path)
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise BenchError(f"{path} is not an igpt-bench results file; pass files written by `bench run`")
+    version = doc.get("version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise BenchError(f"{path} is a results file of version {str(version)[:20]}, which this igpt-bench does not "
+                         f"know (it reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade igpt-bench or move the "
+                         "file away")
     records = doc.get("records")
     if not isinstance(records, list):
         raise BenchError(f"{path} has no list of records; rerun the `bench run` that wrote it")
@@ -152,15 +166,26 @@ def record_problem(r) -> str:
     return ""
 
 
-def _looks_like_results(path: Path) -> bool:
-    """Cheap check (the first bytes) so a folder's other JSON files (run settings, palettes,
-    artifacts) are passed over, while a named file that is not results is an error. A file that
-    cannot be read is an error too: leaving it out would change the table without a word."""
+def _is_results(path: Path) -> bool:
+    """Whether a JSON file found in a folder is a results file, decided by parsing it (key order is
+    any JSON tool's to change). Only regular files are opened: a FIFO or device named ``*.json``
+    would block or never end. Other JSON (run settings, palettes, artifacts) is passed over; a file
+    that names the results format but does not parse, or cannot be read, is an error: leaving it out
+    would change the table without a word."""
+    if not path.is_file():
+        return False
     try:
-        with open(path, "rb") as f:
-            return RESULTS_FORMAT.encode() in f.read(256)
+        text = path.read_bytes()
     except OSError as e:
         raise BenchError(f"cannot read {path} ({e.strerror or e}); fix its permissions or move it away") from None
+    try:
+        doc = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if RESULTS_FORMAT.encode() in text:
+            raise BenchError(f"{path} names the results format but is not valid JSON ({e}); rerun the `bench run` "
+                             "that wrote it, or move it away") from None
+        return False
+    return isinstance(doc, dict) and doc.get("format") == RESULTS_FORMAT
 
 
 def collect(paths) -> list[Path]:
@@ -170,7 +195,7 @@ def collect(paths) -> list[Path]:
         if p.is_dir():
             if not os.access(p, os.R_OK | os.X_OK):
                 raise BenchError(f"cannot read the folder {p} (permission denied); fix its permissions")
-            files += sorted(q for q in p.rglob("*.json") if _looks_like_results(q))
+            files += sorted(q for q in p.rglob("*.json") if _is_results(q))
         elif p.is_file():
             files.append(p)
         elif p.exists():
