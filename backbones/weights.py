@@ -74,6 +74,11 @@ def apply_state_dict(model, state_dict: dict, backbone: str, path: str | Path) -
             f"weights file {path} does not fit backbone {backbone!r}: " + "; ".join(parts)
             + "; pass weights saved from the same architecture and input channels"
         )
+    cast = [k for k in own if own[k].is_floating_point() and not state_dict[k].is_floating_point()]
+    if cast:
+        raise BenchError(f"weights file {path} stores {cast[0]} as {str(state_dict[cast[0]].dtype).replace('torch.', '')}"
+                         f"{f' (and {len(cast) - 1} more)' if len(cast) > 1 else ''} where {backbone!r} has "
+                         "floating-point weights (a conversion that truncated them?); pass the weights as saved")
     for k, v in state_dict.items():
         if v.is_floating_point() and not bool(v.isfinite().all()):
             raise BenchError(f"weights file {path} holds non-finite values (NaN or inf) in {k}; "

@@ -12,10 +12,11 @@ Layout of a finished file::
 dataset, split, limit, seed, layers, a digest of the input images and labels).
 
 Writing. Extraction appends each batch's rows to one raw float32 file per layer in
-``<out>.parts/`` and then replaces ``progress.json`` there (atomically) with the new row count, so
-the rows the progress file counts are always on disk whole: a kill, or a write that fails (disk
-full), leaves a partial whose counted rows are valid, and the same command resumes after them
-(dropping any rows past the count). When every row is in, the HDF5 file is written from the parts
+``<out>.parts/`` and then replaces ``progress.json`` there (atomically) with the new row count and
+that batch's checksum, so the rows the progress file counts are always on disk whole: a kill, or a
+write that fails (disk full), leaves a partial whose counted rows are valid, and the same command
+resumes after them (dropping any rows past the count) once every counted batch still matches its
+checksum (a part edited or cut since is discarded and extracted again). When every row is in, the HDF5 file is written from the parts
 in one streaming pass that also computes the checksums, and renamed into place: a finished name is
 always a finished file. One process at a time writes a given file (``bench.lock``): others wait,
 then reuse it. Non-finite activations stop the extraction with the layer and row.
@@ -297,6 +298,23 @@ def _first_nonfinite(arr: np.ndarray) -> int | None:
     return int(np.flatnonzero(bad.any(axis=1))[0])
 
 
+OVERFLOW = 1e30  # activations this large are an overflow on the way, not features
+
+
+class Degenerate(BenchError):
+    """A layer's activations carry no information (every row the same) or are overflowing."""
+
+
+def degenerate(low: np.ndarray, high: np.ndarray, n_rows: int) -> str:
+    """'' for usable features, else what is wrong, from each feature's smallest and largest value
+    over all rows: every row identical (all zero in particular), or values near float32's limit."""
+    if max(float(np.abs(low).max(initial=0)), float(np.abs(high).max(initial=0))) > OVERFLOW:
+        return f"values beyond {OVERFLOW:g} (overflowing)"
+    if n_rows >= 2 and bool(np.all(low == high)):
+        return "every row is all zero" if not np.any(low) else "every row is the same (constant features)"
+    return ""
+
+
 def parts_dir(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + ".parts")
 
@@ -318,19 +336,56 @@ def _atomic_json(path: Path, doc: dict) -> None:
 
 
 def _progress(shard: Path, meta: dict) -> int | None:
-    """Rows done in ``shard`` if it was made for ``meta`` and its layer files hold them, else None."""
+    """Rows done in ``shard`` if it was made for ``meta`` and its layer files hold them as they were
+    written (each counted batch's checksum matches), else None: rows edited or cut after they were
+    counted are never carried into a finished file."""
     try:
         progress = json.loads((shard / "progress.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(progress, dict) or progress.get("meta") != meta:
         return None
-    done = int(progress.get("rows_done", 0))
+    try:
+        done = int(progress.get("rows_done", 0))
+    except (TypeError, ValueError):
+        return None
     for i, w in enumerate(meta["widths"].values()):
         f = shard / f"{i:03d}.f32"
         if not f.is_file() or f.stat().st_size < (done - meta["rows"][0]) * w * 4:
             return None
-    return done
+    return done if _batches_intact(shard, meta, done, progress.get("batches")) else None
+
+
+def _batch_digest(arrays) -> str:
+    """The checksum of one batch: its rows of every layer, in layer order, as float32 bytes."""
+    h = hashlib.sha256()
+    for arr in arrays:
+        h.update(memoryview(np.ascontiguousarray(arr, dtype=np.float32)).cast("B"))
+    return h.hexdigest()
+
+
+def _batches_intact(shard: Path, meta: dict, done: int, batches) -> bool:
+    """Whether ``batches`` ([[row end, checksum], ...] in order) covers rows lo..done and each
+    batch's bytes in the layer files still hash to its checksum."""
+    lo = meta["rows"][0]
+    if not isinstance(batches, list):
+        return done == lo  # an empty shard needs none; counted rows without checksums are not trusted
+    widths = list(meta["widths"].values())
+    files = [open(shard / f"{i:03d}.f32", "rb") for i in range(len(widths))]  # noqa: SIM115
+    try:
+        start = lo
+        for entry in batches:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                    and start < entry[0] <= done):
+                return False
+            rows = entry[0] - start
+            arrays = [np.frombuffer(f.read(rows * w * 4), dtype=np.float32) for f, w in zip(files, widths)]
+            if any(len(a) != rows * w for a, w in zip(arrays, widths)) or _batch_digest(arrays) != entry[1]:
+                return False
+            start = entry[0]
+        return start == done
+    finally:
+        _close(files)
 
 
 def _prepare_parts(out: Path, meta: dict, world: int, log) -> int:
@@ -419,8 +474,9 @@ def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, ind
         shard.mkdir(parents=True)
         for i in range(len(widths)):
             (shard / f"{i:03d}.f32").touch()
-        _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": lo})
+        _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": lo, "batches": []})
         start = lo
+    digests = json.loads((shard / "progress.json").read_text())["batches"]
     for i, w in enumerate(widths.values()):
         os.truncate(shard / f"{i:03d}.f32", (start - lo) * w * 4)  # rows past the last count
     if progress is not None:
@@ -429,8 +485,10 @@ def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, ind
     done = start
     try:
         for b_start, b_end, feats in batches(start, hi):
+            written = []
             for (layer, w), f in zip(widths.items(), files, strict=True):
                 arr = np.ascontiguousarray(feats[layer], dtype=np.float32).reshape(b_end - b_start, w)
+                written.append(arr)
                 row = _first_nonfinite(arr)
                 if row is not None:
                     raise NonFinite(
@@ -441,7 +499,8 @@ def _extract_shard(shard: Path, meta: dict, widths: dict[str, int], batches, ind
             for f in files:
                 f.flush()
                 os.fsync(f.fileno())  # on the disk before the count says so (power loss too)
-            _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": b_end})
+            digests.append([b_end, _batch_digest(written)])
+            _atomic_json(shard / "progress.json", {"meta": meta, "rows_done": b_end, "batches": digests})
             done = b_end
             if progress is not None:
                 progress.advance(b_end - b_start)
@@ -623,6 +682,7 @@ def _assemble(out: Path, shards: list[Path], identity: dict, provenance: dict, n
                 ds = g.create_dataset(layer, shape=(n_rows, d), dtype="float32", chunks=(chunk, d))
                 h = checksums[f"layers/{layer}"] = _hasher(np.float32, (n_rows, d))
                 rows, at = _block_rows(d), 0
+                low, high = np.full(d, np.inf, np.float32), np.full(d, -np.inf, np.float32)
                 for shard in shards:
                     with open(shard / f"{i:03d}.f32", "rb") as src:
                         while True:
@@ -631,10 +691,18 @@ def _assemble(out: Path, shards: list[Path], identity: dict, provenance: dict, n
                                 break
                             ds[at : at + len(block)] = block
                             h.update(block)
+                            np.minimum(low, block.min(axis=0), out=low)
+                            np.maximum(high, block.max(axis=0), out=high)
                             at += len(block)
                 if at != n_rows:
                     raise DamagedFile(f"{parts_dir(out)} holds {at} of {n_rows} rows of {layer}; delete it and "
                                       "extract again")
+                problem = degenerate(low, high, n_rows)
+                if problem:
+                    shutil.rmtree(shards[0].parent, ignore_errors=True)  # the same inputs give the same again
+                    raise Degenerate(f"the backbone gave degenerate activations in layer {layer}: {problem}; check "
+                                     "its weights (a scale that overflows the norm, truncated values) and inputs — "
+                                     "nothing was kept")
             f.attrs["checksums"] = json.dumps({k: h.hexdigest() for k, h in checksums.items()}, sort_keys=True)
             f.attrs["complete"] = True
         with open(tmp, "rb+") as fh:
@@ -645,6 +713,6 @@ def _assemble(out: Path, shards: list[Path], identity: dict, provenance: dict, n
         tmp.unlink(missing_ok=True)
         raise _write_error(e if isinstance(e, OSError) else OSError(str(e).split("(")[0].strip()), out, n_rows,
                            n_rows) from None
-    except DamagedFile:
+    except (DamagedFile, Degenerate):
         tmp.unlink(missing_ok=True)
         raise

@@ -254,3 +254,25 @@ def test_hdf5_structure_damage_found_on_reuse_is_damage_not_a_crash(bench, tmp_p
     assert r.code == 0 and r.out.startswith("extracted again (its data cannot be read back"), r
     monkeypatch.undo()
     np.testing.assert_array_equal(open_activations(out).read("pixels"), ref_x)
+
+
+def test_counted_rows_edited_before_a_resume_are_extracted_again_not_kept(bench, tmp_path, monkeypatch):
+    """Each counted batch has its checksum in progress.json: a part changed after it was counted is
+    discarded on resume, so the finished file equals a clean run's."""
+    ref_out, ref_x, _ = _clean(bench, tmp_path)
+    row = 64 * 4
+    monkeypatch.setattr(store, "open", lambda p, mode="r": _FailingFile(open(p, mode), 5 * 64 * row + 100)
+                        if "a" in mode else open(p, mode), raising=False)
+    out = tmp_path / "a.h5"
+    assert bench("-q", *ARGS, "--out", out).code == 2
+    monkeypatch.undo()
+    part = store.parts_dir(out) / "shard-0-of-1" / "000.f32"
+    data = bytearray(part.read_bytes())
+    data[10 * row : 10 * row + 4] = np.float32(123.0).tobytes()  # one counted value, changed
+    part.write_bytes(bytes(data))
+    r = bench(*ARGS, "--out", out)
+    assert r.code == 0 and not r.out.startswith("resumed"), r
+    assert "discarding" in r.err and "damaged" in r.err, r
+    np.testing.assert_array_equal(open_activations(out).read("pixels"), ref_x)
+    with h5py.File(out, "r") as a, h5py.File(ref_out, "r") as b:
+        assert a.attrs["checksums"] == b.attrs["checksums"]

@@ -20,7 +20,11 @@ DEFAULT_COLORS = {3: 512, 1: 16}
 
 class Palette:
     def __init__(self, centers):
-        centers = np.asarray(centers, dtype=np.float32)
+        try:
+            centers = np.asarray(centers, dtype=np.float32)
+        except (TypeError, ValueError):  # ragged rows, text
+            raise BenchError("a palette must be a (K, 3) or (K, 1) table of numbers, but its rows differ in length "
+                             "or hold text; pass k-means centers of RGB (or gray) values in [-1, 1]") from None
         if centers.ndim != 2 or centers.shape[1] not in (1, 3) or len(centers) < 2:
             raise BenchError(f"a palette must have shape (K, 3) or (K, 1) with K >= 2, got {centers.shape}; "
                              "pass k-means centers of RGB (or gray) values in [-1, 1]")

@@ -13,33 +13,60 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-from .model import IGPTConfig, ImageGPT, from_transformers_state_dict
+from .model import MAX_LAYERS, MAX_WIDTH, IGPTConfig, ImageGPT, from_transformers_state_dict
+from .model import _physical_memory as physical_memory
 from .palette import Palette
 
+MAX_POSITIONS = 1 << 16  # 256 x 256 tokens: far past any ImageGPT
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _read_config(folder: Path) -> tuple[IGPTConfig, dict]:
+    """The model config of a transformers folder, every field checked (and the model's memory
+    estimated) before anything is allocated: a config can claim anything."""
+    where = folder / "config.json"
     try:
-        raw = json.loads((folder / "config.json").read_text())
+        raw = json.loads(where.read_text())
     except (OSError, ValueError) as e:
-        raise BenchError(f"cannot read {folder / 'config.json'} ({e}); pass a saved ImageGPT folder") from None
-    try:
-        cfg = IGPTConfig(
-            n_colors=int(raw["vocab_size"]) - 1,
-            n_positions=int(raw["n_positions"]),
-            n_embd=int(raw["n_embd"]),
-            n_layer=int(raw["n_layer"]),
-            n_head=int(raw["n_head"]),
-            n_inner=raw.get("n_inner"),
-            eps=float(raw.get("layer_norm_epsilon", 1e-5)),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise BenchError(f"{folder / 'config.json'} is not an ImageGPT config (missing or bad {e}); "
-                         "pass a folder saved by ImageGPT's save_pretrained") from None
-    if cfg.n_embd % cfg.n_head:
-        raise BenchError(f"{folder / 'config.json'}: n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
+        raise BenchError(f"cannot read {where} ({e}); pass a saved ImageGPT folder") from None
+    if not isinstance(raw, dict):
+        raise BenchError(f"{where} is not an ImageGPT config (not an object); pass a folder saved by save_pretrained")
+
+    def whole(key: str, lo: int, hi: int, default=None) -> int | None:
+        value = raw.get(key, default)
+        if value is None and default is None and key == "n_inner":
+            return None
+        if key not in raw and default is None:
+            raise BenchError(f"{where} lacks {key!r}; pass a folder saved by ImageGPT's save_pretrained")
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise BenchError(f"{where}: {key} = {repr(value)[:40]} must be a whole number in {lo}..{hi}; the "
+                             "config is damaged or not an ImageGPT config")
+        return value
+
+    n_embd = whole("n_embd", 1, MAX_WIDTH)
+    n_layer = whole("n_layer", 1, MAX_LAYERS)
+    n_head = whole("n_head", 1, n_embd)
+    if n_embd % n_head:
+        raise BenchError(f"{where}: n_embd {n_embd} is not divisible by n_head {n_head}")
+    eps = raw.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise BenchError(f"{where}: layer_norm_epsilon = {repr(eps)[:40]} must be a number in (0, 1)")
+    cfg = IGPTConfig(n_colors=whole("vocab_size", 3, 1 << 16) - 1, n_positions=whole("n_positions", 1, MAX_POSITIONS),
+                     n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     n_inner=whole("n_inner", 1, 4 * MAX_WIDTH), eps=float(eps))
+    check_memory(cfg, str(where))
     return cfg, raw
+
+
+def check_memory(cfg: IGPTConfig, what: str) -> None:
+    """Refuse a model whose fp32 parameters would take more than half of this machine's memory."""
+    per_block = 4 * cfg.n_embd * cfg.n_embd + 2 * cfg.n_embd * cfg.mlp_width
+    params = cfg.n_layer * per_block + (cfg.vocab_size + cfg.n_positions + cfg.n_colors) * cfg.n_embd
+    memory = physical_memory()
+    if memory and 4 * params > memory // 2:
+        raise BenchError(f"{what} describes a model of about {params / 1e9:.1f}B parameters ({4 * params / 2**30:.0f} "
+                         f"GiB in fp32), more than half of this machine's {memory / 2**30:.0f} GiB; pass a smaller "
+                         "model (or check the config)")
 
 
 def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
@@ -79,8 +106,10 @@ def load_pretrained(folder) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
         raise BenchError(f"{folder}: the palette has {palette.n_colors} colors but config.json says "
                          f"{cfg.n_colors} (vocab_size - 1); the files do not belong together")
     proc = json.loads((folder / "preprocessor_config.json").read_text())
-    size = proc.get("size") or {}
-    h, w = size.get("height"), size.get("width")
+    size = proc.get("size") if isinstance(proc, dict) else None
+    size = size if isinstance(size, dict) else {}
+    h, w = (v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+            for v in (size.get("height"), size.get("width")))
     if not h or not w or h * w != cfg.n_positions:
         side = math.isqrt(cfg.n_positions)
         if side * side != cfg.n_positions:
