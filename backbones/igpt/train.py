@@ -4,9 +4,10 @@ autocast on a GPU (and on a CPU when asked: ``precision="bf16"``), validation bi
 each save.
 
 A run folder holds ``run.json`` (the settings; a rerun with other settings is refused),
-``palette.json``, ``log.jsonl`` and ``checkpoints/step-NNNNNNN/``. The same command after a kill
-continues from the last checkpoint (weights, optimizer, schedule, RNG, data position) and ends
-with the same weights as an uninterrupted run on the CPU. Under ``torchrun`` it trains with
+``palette.json``, ``log.jsonl`` (per save: losses, time and the CPU threads the steps ran with,
+which are no setting) and ``checkpoints/step-NNNNNNN/``. The same command after a kill continues
+from the last checkpoint (weights, optimizer, schedule, RNG, data position) and ends with the same
+weights as an uninterrupted run on the CPU at the same thread count. Under ``torchrun`` it trains with
 DistributedDataParallel: each rank takes an equal share of every global batch, rank 0 writes.
 """
 
@@ -137,28 +138,75 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
              compile: bool = False) -> Path:
     """Train (or continue training) into ``out``; returns the final checkpoint folder.
 
+    One process trains a folder at a time: another is refused at once, naming the holder. A run
+    continues only where ``run.json`` and every checkpoint were written with the same settings.
+
     ``compile``: run the training forward (and so its backward) through ``torch.compile``; the
     same function of the same weights, fused into fewer kernels. It is not a setting of the run:
     a run may resume with or without it. The first step pays the compilation."""
-    import torch
-    import torch.distributed as dist
+    import contextlib
+    import os
 
-    from bench.datasets import load_split
-    from bench.runtime import progress_bar
+    from bench.lock import Busy, exclusive, holder
     from bench.store import check_writable
 
     _validate(cfg)
     out = Path(out)
     check_writable(out / "run.json", "--out")
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    if (out / "run.json").exists():
-        saved = json.loads((out / "run.json").read_text())
-        old = {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)}  # later settings: defaults
+    # One run writes a folder at a time (rank 0 of a torchrun launch holds the lock for all).
+    guard = exclusive(out / "run.json", "pretraining into", log, wait=False) if os.environ.get(
+        "RANK", "0") == "0" else contextlib.nullcontext()
+    try:
+        guard.__enter__()
+    except Busy:
+        raise BenchError(f"{out} is being trained by {holder(out / 'run.json')}; wait for it to finish (then the "
+                         "same command continues it) or choose another --out") from None
+    try:
+        return _pretrain(cfg, out, settings, device, quiet, log, compile)
+    finally:
+        guard.__exit__(None, None, None)
+
+
+def _settings_of(doc, where: Path) -> dict:
+    """A run's settings as saved in ``run.json`` or a checkpoint, with later settings at their defaults."""
+    if not isinstance(doc, dict):
+        raise BenchError(f"{where} is damaged (not a settings object); delete the run folder or choose another --out")
+    return {f.name: doc.get(f.name, f.default if not isinstance(f.default, tuple) else list(f.default))
+            for f in fields(TrainConfig)}
+
+
+def check_run_folder(out: Path, settings: dict) -> None:
+    """Refuse a run folder whose ``run.json`` or any checkpoint was written with other settings:
+    resuming would continue another run's weights under this run's name."""
+    sources = [out / "run.json"] + sorted((out / "checkpoints").glob("step-*/igpt.json"))
+    for source in sources:
+        if not source.is_file():
+            continue
+        try:
+            doc = json.loads(source.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise BenchError(f"{source} is damaged ({e}); delete it (or the run folder) or choose another "
+                             "--out") from None
+        if source.name == "igpt.json":
+            if not isinstance(doc, dict) or "train" not in doc:
+                continue  # a checkpoint saved by hand: no training settings to compare
+            doc = doc["train"]
+        old = _settings_of(doc, source)
         if old != settings:
             diff = [k for k in settings if old.get(k) != settings[k]]
-            raise BenchError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                             "rerun with the same settings to resume, or choose another --out")
+            raise BenchError(f"{source} was written by a run with other settings ({', '.join(diff)}); rerun with "
+                             "the same settings to resume, or choose another --out")
 
+
+def _pretrain(cfg: TrainConfig, out: Path, settings: dict, device: str, quiet: bool, log, compile: bool) -> Path:
+    import torch
+    import torch.distributed as dist
+
+    from bench.datasets import load_split
+    from bench.runtime import progress_bar
+
+    check_run_folder(out, settings)
     rank, world, device, _ = join_processes(device)
     if cfg.batch_size % world:
         raise BenchError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
@@ -236,7 +284,8 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
                                             train_state=state, extra={"step": done, "val_bits_per_dim": bpd,
                                                                       "train": settings})
                     rec = {"step": done, "train_loss": round(loss.item(), 5), "val_bits_per_dim": round(bpd, 5),
-                           "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 2)}
+                           "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 2),
+                           "threads": torch.get_num_threads()}  # provenance only: a resume may use another count
                     with open(out / "log.jsonl", "a") as f:
                         f.write(json.dumps(rec) + "\n")
                     log(f"step {done}: train loss {loss.item():.4f}, val {bpd:.4f} bits/dim")
