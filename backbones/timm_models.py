@@ -32,6 +32,7 @@ class TimmBackbone(Backbone):
     description = "any timm model (random init, --pretrained, or --weights FILE)"
     accepts_weights = True  # a state-dict file
     accepts_pretrained = True  # timm's published weights
+    branches_on = False  # a random init built with zero_init_last=False (see _random_init)
 
     # -- family ------------------------------------------------------------------------------
     @staticmethod
@@ -76,10 +77,13 @@ class TimmBackbone(Backbone):
         torch.manual_seed(options.seed)
         kwargs = {"in_chans": spec.channels}
         try:
+            branches_on = False
             if options.pretrained:
                 model = _create_pretrained(arch, kwargs)
-            else:
+            elif options.weights:
                 model = timm.create_model(arch, pretrained=False, **kwargs)
+            else:
+                model, branches_on = _random_init(arch, kwargs)
         except BenchError:
             raise
         except (TypeError, ValueError, RuntimeError) as e:
@@ -96,7 +100,9 @@ class TimmBackbone(Backbone):
             size = int((model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
         else:
             size = max(spec.height, spec.width, MIN_RANDOM_INIT_SIZE)
-        return cls(name, model, spec, options, size)
+        backbone = cls(name, model, spec, options, size)
+        backbone.branches_on = branches_on  # recorded in config(): such results never mix with others
+        return backbone
 
     @property
     def module(self):
@@ -138,6 +144,7 @@ class TimmBackbone(Backbone):
             "in_chans": self.spec.channels,
             "weights_source": "pretrained" if self.options.pretrained
             else ("file" if self.options.weights else f"random-init(seed={self.options.seed})"),
+            **({"init": "zero_init_last=False"} if getattr(self, "branches_on", False) else {}),
             "preprocessing": {
                 "scale": "x/255",
                 "resize": [self.image_size, self.image_size],
@@ -193,3 +200,20 @@ def _not_cached(arch: str, e: Exception) -> BenchError:
         f"pretrained weights for {arch!r} are not in the Hugging Face cache ({cache}) and could not "
         f"be downloaded ({first_line(e)}); fetch them where there is network, or pass --weights FILE"
     )
+
+
+def _random_init(arch: str, kwargs: dict):
+    """A random-init model with every residual branch on, and whether that needed asking.
+
+    timm starts the last norm of each residual branch at gain zero (``zero_init_last=True``, a
+    training trick): untrained, such a ResNet is a chain of strided shortcuts and its deep stages
+    carry almost nothing, so a random-init baseline would say nothing about depth. Models without
+    the argument are built as timm builds them."""
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=False, zero_init_last=False, **kwargs), True
+    except TypeError as e:
+        if "zero_init_last" not in str(e):
+            raise
+    return timm.create_model(arch, pretrained=False, **kwargs), False
