@@ -28,3 +28,26 @@ def test_random_init_resnet18_layer4_probes_far_above_the_collapsed_baseline(tmp
                  options={"l2_grid": "1e-4,1e-2,1"})
     test = df[(df.split == "test") & (df.metric == "top1")].value.iloc[0]
     assert test > 80, test
+
+
+def test_pixels_at_the_models_view(tiny_run, bench, tmp_path):
+    """pixels-view: the image resized to the iGPT's resolution and quantized to its palette, so that
+    'beats pixels' compares like with like; every checkpoint of one run shares the view."""
+    import numpy as np
+
+    from bench.datasets import load_split
+    from tests.conftest import assert_user_error
+
+    data = load_split("digits", "test", limit=50)
+    first, last = sorted((tiny_run / "checkpoints").glob("step-*"))[::2]
+    view = create_backbone("pixels-view", DataSpec.of(data.images), BackboneOptions(weights=str(first)))
+    model = create_backbone("igpt", DataSpec.of(data.images), BackboneOptions(weights=str(first)))
+    x = view.features(view.preprocess(data.images[:5]), ["pixels"])["pixels"].numpy()
+    np.testing.assert_allclose(x, model.model_view(data.images[:5]).reshape(5, -1) / 255.0)
+    assert view.layer_widths() == {"pixels": model.height * model.width * model.palette.channels}
+    again = create_backbone("pixels-view", DataSpec.of(data.images), BackboneOptions(weights=str(last)))
+    assert again.fingerprint == view.fingerprint
+    r = bench("-q", "run", "-b", "pixels-view", "--weights", first, "-t", "linear-probe", "-d", "digits", "--limit",
+              "100", "-o", "l2_grid=1e-2", "--results", tmp_path / "res")
+    assert r.code == 0 and "pixels-view" in r.out, r
+    assert_user_error(bench("run", "-b", "pixels-view", "-t", "linear-probe", "-d", "digits"), "needs --weights")
