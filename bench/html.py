@@ -52,7 +52,9 @@ def table_html(table: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def page(df: pd.DataFrame, title: str = "igpt-bench report") -> str:
+def page(df: pd.DataFrame, title: str = "igpt-bench report", extra: tuple | list = (),
+         extra_figures: dict | None = None) -> str:
+    """The page: summary tables, then ``extra`` (title, table) pairs, then the plots and ``extra_figures``."""
     from bench.plots import figures, png_bytes
     from bench.provenance import now
 
@@ -60,9 +62,9 @@ def page(df: pd.DataFrame, title: str = "igpt-bench report") -> str:
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class='note'>{df.file.nunique()} runs · made {now()} · ★ = the run's layer chosen by val "
              "top-1 · ± = standard deviation over seeds</p>"]
-    for title, table in summary_tables(df):
+    for title, table in [*summary_tables(df), *extra]:
         parts.append(f"<h2>{html.escape(title)}</h2>{table_html(table)}")
-    for name, fig in figures(df).items():
+    for name, fig in {**figures(df), **(extra_figures or {})}.items():
         data = base64.b64encode(png_bytes(fig)).decode()
         parts.append(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")

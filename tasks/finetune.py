@@ -253,6 +253,8 @@ class Finetuning:
         self.main = self.rank == 0
         self.device = str(ctx.device)
         self.log = ctx.log if self.main else (lambda msg: None)
+        self.predicted: dict[str, np.ndarray] = {}  # split -> the last evaluation's class per row
+        self.best_val_predicted = None  # val's classes at the best epoch (None when resumed past it)
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -412,21 +414,23 @@ class Finetuning:
             yield self._host_batch(images[mine], train.labels[rows][mine])
 
     def _evaluate(self, split: str) -> tuple[int, int]:
-        """(correct, n) of the head on ``split``, in fp32; each process scores a share."""
+        """(correct, n) of the head on ``split``, in fp32; each process scores a share. The class
+        predicted for every row is left in ``self.predicted[split]`` (for ``keep_predictions``)."""
         import torch
 
         data = self.ctx.data[split]
         rows = np.arange(self.rank, len(data), self.world)
         step = 2 * self.plan.batch
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        predicted = torch.zeros(len(data), dtype=torch.long, device=self.device)
         self.net.eval()
         with torch.inference_mode():
             for s in range(0, len(rows), step):
                 part = rows[s : s + step]
-                x, y = self._batch(data.images[part], data.labels[part])
-                correct += (self.net.logits(x).argmax(1) == y).sum()
-        self._all_reduce(correct)
-        return int(correct.item()), len(data)
+                x, _ = self._batch(data.images[part], data.labels[part])
+                predicted[torch.as_tensor(part, device=self.device)] = self.net.logits(x).argmax(1)
+        self._all_reduce(predicted)  # each row is set by one process and 0 in the others: the sum is the whole
+        self.predicted[split] = predicted.cpu().numpy()
+        return int((self.predicted[split] == data.labels).sum()), len(data)
 
     def _all_reduce(self, tensor) -> None:
         if self.world > 1:
@@ -490,6 +494,7 @@ class Finetuning:
                 if top1 > state["best_top1"]:
                     state.update(best_epoch=epoch, best_top1=top1, bad_epochs=0)
                     self.best_state = _cpu_state(self.net)
+                    self.best_val_predicted = self.predicted.get("val")
                 else:
                     state["bad_epochs"] += 1
                     state["stopped"] = bool(opts["patience"]) and state["bad_epochs"] >= opts["patience"]
@@ -508,6 +513,20 @@ class Finetuning:
         return self._finish(folder, state)
 
     # -- outputs ------------------------------------------------------------------------------
+    def _keep_predictions(self) -> None:
+        """Hand the best weights' val and test classes to the runner; val is scored again only
+        when this process resumed after the best epoch (its classes were not kept)."""
+        test = self.predicted.get("test")
+        if test is None:
+            return
+        val = self.best_val_predicted
+        if val is None:
+            self._evaluate("val")
+            val = self.predicted.get("val")
+        for split, predicted in (("val", val), ("test", test)):
+            if predicted is not None:
+                self.ctx.keep_predictions(split, self.plan.layer, predicted)
+
     def _finish(self, folder: Path, state: dict) -> list[dict]:
         from safetensors.torch import save_file
 
@@ -517,6 +536,7 @@ class Finetuning:
         chosen = state["history"][best - 1]
         val_correct, val_n = chosen["val_correct"], chosen["val_n"]
         test_correct, test_n = self._evaluate("test")
+        self._keep_predictions()
         if self.main:
             weights = ctx.backbone.save_weights(folder / "finetuned")
             head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -535,6 +535,8 @@ class ProbeResult:
     test: float
     test_se: float
     l2: float
+    val_pred: np.ndarray | None = field(default=None, compare=False, repr=False)  # the class of each val row
+    test_pred: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, device="cpu", on_fit=None,
@@ -551,11 +553,12 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     best = None
     worse = 0
     for i, (lam, clf) in enumerate(fit_path(basis, ytr, n_classes, grid, max_iter, device)):
-        acc, se = top1(clf.predict(Xva_s), yva)
+        val_pred = clf.predict(Xva_s)
+        acc, se = top1(val_pred, yva)
         if on_fit:
             on_fit()
         if best is None or acc > best[0]:  # ties keep the stronger strength
-            best = (acc, se, lam, clf)
+            best = (acc, se, lam, clf, val_pred)
             worse = 0
         elif acc < best[0]:
             worse += 1
@@ -564,7 +567,7 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
                     for _ in grid[i + 1:]:
                         on_fit()
                 break
-    val_acc, val_se, lam, chosen = best
+    val_acc, val_se, lam, chosen, val_pred = best
     _, Q, s = basis
     del basis, Xtr_s, Xva_s  # free the standardized train features before the train+val refit
     # train+val as one torch buffer (aligned for the products), standardized in place: one copy
@@ -577,10 +580,11 @@ def probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter=1000, de
     # valid change of variables; train's is close to train+val's): same minimizer, fewer evaluations.
     clf = LogisticRegressionLBFGS(n_classes, max_iter=max_iter, device=device).fit(
         None, yall, lam, warm=chosen, basis=(as_features(Xall_s, device), Q, s))
-    test_acc, test_se = top1(clf.predict(Xte_s), yte)
+    test_pred = clf.predict(Xte_s)
+    test_acc, test_se = top1(test_pred, yte)
     if on_fit:
         on_fit()
-    return ProbeResult(val_acc, val_se, test_acc, test_se, lam)
+    return ProbeResult(val_acc, val_se, test_acc, test_se, lam, val_pred, test_pred)
 
 
 def _concat(text: str) -> int:
@@ -637,6 +641,8 @@ class LinearProbe(Task):
             fit = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, ctx.options["max_iter"], ctx.device,
                               on_fit=lambda: bar.advance(1), patience=ctx.options["patience"])
             val_top1[layer] = fit.val
+            ctx.keep_predictions("val", layer, fit.val_pred)
+            ctx.keep_predictions("test", layer, fit.test_pred)
             return [
                 {"layer": layer, "split": "val", "metric": "top1", "value": fit.val, "stderr": fit.val_se,
                  "n": len(yva), **extra},
