@@ -130,6 +130,9 @@ def read_results(path: str | Path) -> list[dict]:
     records = doc.get("records")
     if not isinstance(records, list):
         raise BenchError(f"{path} has no list of records; rerun the `bench run` that wrote it")
+    if not records:
+        raise BenchError(f"{path} holds no records (a run writes at least one); rerun the `bench run` that wrote it "
+                         "or move the file away")
     for i, r in enumerate(records):
         problem = record_problem(r)
         if problem:

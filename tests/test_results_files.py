@@ -54,3 +54,8 @@ def test_a_fifo_named_json_in_a_results_folder_is_skipped(folder):
     r = bench_subprocess("report", folder, "--long", "--format", "csv", timeout=120)
     assert r.code == 0, r
     assert r.out.count("\npixels,") == 2
+
+
+def test_a_results_file_without_records_says_so(folder, bench):
+    write_results(folder / "empty.json", {}, [])
+    assert_user_error(bench("report", folder), "empty.json holds no records")
