@@ -40,7 +40,7 @@ def demo(results_dir: Path, steps: int, seed: int, device: str, quiet: bool, log
     log(f"pretraining igpt-tiny on digits for {steps} steps into {run_dir}")
     pretrain(cfg, run_dir, device=device, quiet=quiet, log=log)
 
-    settings = Settings(seed=seed, device=device, results_dir=results_dir, quiet=quiet, log=log)
+    settings = Settings(device=device, results_dir=results_dir, quiet=quiet, log=log)  # the seed: each Job's options
     records, tables = [], []
     for backbone, options in (("pixels", BackboneOptions(seed=seed)), ("resnet18", BackboneOptions(seed=seed)),
                               ("igpt", BackboneOptions(weights=str(run_dir), seed=seed))):

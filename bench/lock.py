@@ -48,10 +48,14 @@ def holder(path: str | Path) -> str:
         return "another process"
 
 
+class Busy(BenchError):
+    """Another process holds the lock (``exclusive(..., wait=False)``)."""
+
+
 @contextmanager
-def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 30.0):
+def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 30.0, wait: bool = True):
     """Hold the lock of ``path`` for the block; wait (logging every ``poll`` seconds whom for)
-    while another process holds it."""
+    while another process holds it, or, with ``wait=False``, raise ``Busy`` at once."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock, as before this module existed
@@ -75,6 +79,9 @@ def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 3
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not wait:
+                        os.close(fd)
+                        raise Busy(f"{path} is in use by {holder(path)}") from None
                     if waited is None or waited >= poll:
                         log(f"waiting for {holder(path)}, which is {what} {path}")
                         waited = 0.0
@@ -94,10 +101,7 @@ def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 3
                              "(mount it with locking, e.g. Lustre's -o flock), or choose another folder") from None
         os.close(fd)
     try:
-        stamp = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, stamp.encode(), 0)
+        _stamp(fd)
         yield
     finally:
         try:
@@ -105,3 +109,92 @@ def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 3
         except OSError:
             pass
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _stamp(fd: int) -> None:
+    """Write who holds the lock into its file, for ``holder``. Only informational: where it cannot
+    be written (a full filesystem, a quota), waiting processes say "another process" and the lock
+    holds all the same."""
+    stamp = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp.encode(), 0)
+    except OSError:
+        pass  # a half-written stamp does not parse: ``holder`` says "another process"
+
+
+@contextmanager
+def shared(path: str | Path, what: str = "reading", log=lambda msg: None, poll: float = 30.0):
+    """Hold the lock of ``path`` shared with other readers for the block: ``exclusive`` waits (or,
+    ``wait=False``, is ``Busy``) until every reader let go. The last reader out deletes the lock
+    file, as an exclusive holder does; one that is not the last leaves it to the others."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lp = lock_path(path)
+    try:
+        lp.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create {lp.parent} ({e.strerror or e}); choose another folder") from None
+    waited = None
+    while True:
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise BenchError(f"cannot create the lock file {lp} ({e.strerror or e}); make its folder writable "
+                             "or choose another folder") from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waited is None or waited >= poll:
+                        log(f"waiting for {holder(path)} before {what} {path}")
+                        waited = 0.0
+                    time.sleep(0.2)
+                    waited += 0.2
+            if os.fstat(fd).st_ino == os.stat(lp).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ESTALE:
+                continue
+            raise BenchError(f"cannot lock {lp} ({e.strerror or e}): its filesystem does not support file locks "
+                             "(mount it with locking, e.g. Lustre's -o flock), or choose another folder") from None
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the last reader: nobody else holds it
+            if os.stat(lp).st_ino == os.fstat(fd).st_ino:
+                os.unlink(lp)
+        except OSError:
+            pass  # another reader still holds it (or the file is gone): theirs to delete
+        os.close(fd)
+
+
+def held(path: str | Path) -> bool:
+    """Whether a process holds the lock of ``path`` now (creates no lock file)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

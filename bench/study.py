@@ -35,14 +35,16 @@ class StudyJob:
     dataset: str
     options: dict  # the study's own parsed options
     points: tuple  # of tuples of Jobs: one tuple of component jobs per checkpoint
+    seed: int = 0  # the study's own and its component jobs' (one study per seed of a sweep)
 
     def describe(self) -> str:
-        return f"{self.task} study · {len(self.points)} checkpoints · {self.dataset}"
+        return f"{self.task} study · {len(self.points)} checkpoints · {self.dataset} · seed {self.seed}"
 
 
 def expand(task_name: str, task_options: dict, backbones: list[str], weights: list, dataset: str, *,
            pretrained: bool, image_size: int | None, seed: int) -> StudyJob:
-    """The study's component jobs for every backbone × weights, checked for what cannot be mixed."""
+    """The study's component jobs for every backbone × weights, checked for what cannot be mixed;
+    the study and its components share ``seed``."""
     task = TASKS.get(task_name)()
     options = task.parse_options(task_options)
     pairs = [(b, w) for b in backbones for w in weights]
@@ -53,7 +55,7 @@ def expand(task_name: str, task_options: dict, backbones: list[str], weights: li
                   options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=seed))
               for component, component_options in task.components(options).items())
         for b, w in pairs)
-    return StudyJob(task_name, dataset, options, points)
+    return StudyJob(task_name, dataset, options, points, seed)
 
 
 def check(task, pairs: list[tuple[str, str | None]]) -> None:
@@ -95,6 +97,15 @@ def _describe(palette) -> str:
     return f"{palette.shape[0]} colors, first {np.round(palette[0], 3).tolist()}"
 
 
+def target(study: StudyJob, members: list[list[str]], settings: Settings) -> tuple[dict, Path]:
+    """The study's identity and results file, from the run ids of its members (a list per point)."""
+    identity = {"study": study.task, "dataset": study.dataset, "task": study.task,
+                "options": json.loads(json.dumps(study.options, sort_keys=True, default=str)),
+                "members": members, "seed": study.seed, "tag": settings.tag}
+    tag = f"__{settings.tag}" if settings.tag else ""
+    return identity, Path(settings.results_dir) / f"study__{study.dataset}__{study.task}{tag}__{run_id(identity)}.json"
+
+
 def run_study(study: StudyJob, outcomes: dict[int, Outcome], settings: Settings) -> Outcome:
     """Combine the members' records (``outcomes``: id(job) -> Outcome) into the study's results
     file, unless a finished one with the same identity exists."""
@@ -112,18 +123,16 @@ def run_study(study: StudyJob, outcomes: dict[int, Outcome], settings: Settings)
     for p in points:  # labels name the points in tables and plots: never two alike
         if labels.count(p["label"]) > 1:
             p["label"] += f" [{p['run'][0][:6]}]"
-    identity = {"study": study.task, "dataset": study.dataset, "task": study.task,
-                "options": json.loads(json.dumps(study.options, sort_keys=True, default=str)),
-                "members": [p["run"] for p in points], "seed": settings.seed, "tag": settings.tag}
-    tag = f"__{settings.tag}" if settings.tag else ""
-    out = Path(settings.results_dir) / f"study__{study.dataset}__{study.task}{tag}__{run_id(identity)}.json"
+    identity, out = target(study, [p["run"] for p in points], settings)
     if not settings.rerun:
         done = finished_run(out, identity)
         if done is not None:
             (settings.log or (lambda m: None))(f"skipped (done already; --rerun to redo): {out}")
             return Outcome(study, "skipped", out, done, task)
-    raw = task.combine(points, study.options, settings.seed)
-    stamp = {"task": study.task, "dataset": study.dataset, "tag": settings.tag, "seed": settings.seed,
+    raw = task.combine(points, study.options, study.seed)
+    for note in task.warnings(raw) if hasattr(task, "warnings") else ():  # what a reader must not miss
+        (settings.log or (lambda m: None))(f"warning: {note}")
+    stamp = {"task": study.task, "dataset": study.dataset, "tag": settings.tag, "seed": study.seed,
              "limit": settings.limit, "run": run_id(identity)}
     records = [dict(stamp, **r) for r in raw]
     for i, r in enumerate(records):

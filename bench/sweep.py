@@ -1,17 +1,19 @@
-"""Sweeps: backbones × weights × datasets × tasks in one command, the way CLIP_benchmark loops
-models × datasets.
+"""Sweeps: backbones × weights × datasets × tasks × seeds in one command, the way CLIP_benchmark
+loops models × datasets.
 
 ``plan`` checks every name and expands every ``--weights`` glob before any work, so a typo in the
 fifth backbone is reported before the first extraction. ``execute`` runs the jobs in order under
 one progress bar; a job that fails is reported and the sweep goes on. A study task (``study =
 True``, ``bench.study``) becomes its component jobs, shared with the sweep's own jobs where they
-are the same, and runs after them.
+are the same, and runs after them. ``dry_run`` says what ``execute`` would run, skip and refuse,
+without writing anything.
 """
 
 from __future__ import annotations
 
 import glob
 import itertools
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,54 @@ def _natural_key(path: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", Path(path).as_posix())]
 
 
+MAX_SEEDS = 1000  # seeds of one sweep: more is a typo (0..4294967295), not a study
+
+
+def seed_list(value) -> list[int]:
+    """The seeds of a sweep, in order, each once: an int, text ``"3"`` or an inclusive range
+    ``"0..4"`` (0, 1, 2, 3, 4, as the shell's ``{0..4}``), a Python ``range``, or a list of those."""
+    from bench.datasets import MAX_SEED
+
+    if value is None:
+        return [0]
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, str):
+            out += _parse_seeds(item.strip(), MAX_SEED)
+            continue
+        for seed in item if isinstance(item, range) else [item]:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+                raise BenchError(f"--seed {seed!r} is not a seed; seeds are integers in 0..{MAX_SEED}, or a range "
+                                 "such as 0..4")
+            out.append(int(seed))
+            if len(out) > MAX_SEEDS:
+                break
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise BenchError("name at least one seed (--seed 0, or a range such as --seed 0..4)")
+    if len(out) > MAX_SEEDS:
+        raise BenchError(f"--seed asks for {len(out)} seeds; one sweep takes at most {MAX_SEEDS} (e.g. --seed 0..9)")
+    return out
+
+
+def _parse_seeds(text: str, max_seed: int) -> list[int]:
+    first, dots, last = text.partition("..")
+    bounds = [first, last] if dots else [first]
+    if not all(re.fullmatch(r"\d{1,20}", b.strip()) for b in bounds):
+        raise BenchError(f"--seed {text!r} is not a seed or a range of seeds; give an integer in 0..{max_seed}, or a "
+                         "range such as 0..4 (both ends included)")
+    lo, hi = int(first), int(last) if dots else int(first)
+    for bound in (lo, hi):
+        if bound > max_seed:
+            raise BenchError(f"--seed {text!r}: {bound} is past the largest seed, {max_seed}")
+    if hi < lo:
+        raise BenchError(f"--seed {text!r} is an empty range; write the smaller seed first, e.g. {hi}..{lo}")
+    if hi - lo >= MAX_SEEDS:
+        raise BenchError(f"--seed {text!r} asks for {hi - lo + 1} seeds; one sweep takes at most {MAX_SEEDS}")
+    return list(range(lo, hi + 1))
+
+
 def split_task_options(tasks: list[str], pairs) -> dict[str, dict]:
     """``-o KEY=VALUE`` pairs (or a {key: value} dict) shared out to the tasks that declare KEY;
     a key that no task declares is an error naming the tasks' options."""
@@ -72,12 +122,14 @@ class Sweep:
 
 
 def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, image_size: int | None = None,
-         task_options=(), settings: Settings) -> Sweep:
-    """Every job of backbones × weights × datasets × tasks, with every name checked first."""
+         task_options=(), seeds=0, settings: Settings) -> Sweep:
+    """Every job of backbones × weights × datasets × tasks × seeds (``seed_list``'s forms), with
+    every name checked first."""
+    seeds = seed_list(seeds)
     backbones, datasets, tasks = (_as_list(v, what) for v, what in
                                   ((backbones, "backbone"), (datasets, "dataset"), (tasks, "task")))
-    for name in backbones:
-        resolve(name)
+    for name in backbones:  # --weights / --pretrained only where the backbone declares it loads them
+        resolve(name, pretrained=pretrained, weights=bool(weights))
     for name in datasets:
         DATASETS.get(name)
     for name in tasks:
@@ -91,18 +143,18 @@ def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, im
     weight_list = expand_weights(_as_list(weights, None)) if weights else [None]
     plain = [t for t in tasks if not getattr(TASKS.get(t), "study", False)]
     jobs = [Job(backbone=b, dataset=d, task=t, task_options=per_task[t],
-                options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=settings.seed))
-            for b, w, d, t in itertools.product(backbones, weight_list, datasets, plain)]
+                options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=s))
+            for b, w, d, t, s in itertools.product(backbones, weight_list, datasets, plain, seeds)]
     studies = []
     from bench.study import StudyJob, expand
 
-    for t, d in itertools.product([t for t in tasks if t not in plain], datasets):
+    for t, d, s in itertools.product([t for t in tasks if t not in plain], datasets, seeds):
         study = expand(t, per_task[t], backbones, weight_list, d, pretrained=pretrained, image_size=image_size,
-                       seed=settings.seed)
+                       seed=s)
         points = []
         for members in study.points:  # a member the sweep runs anyway is that same job
             points.append(tuple(_same_or_new(job, jobs) for job in members))
-        studies.append(StudyJob(study.task, study.dataset, study.options, tuple(points)))
+        studies.append(StudyJob(study.task, study.dataset, study.options, tuple(points), study.seed))
     return Sweep(jobs, settings, studies)
 
 
@@ -126,6 +178,27 @@ class Failure:
     job: Job  # or a bench.study.StudyJob
     message: str
     user_error: bool  # a BenchError (exit 2) rather than a bug (exit 1)
+
+
+def failure_lines(failures: list[Failure], total: int, names: int = 3) -> list[tuple[int, str, str]]:
+    """One ``(count, who, what)`` per distinct message, in order of first appearance: ``who`` is the
+    job (count 1) or ``"4 of 9 jobs"``, ``what`` the message, naming the jobs that share it unless
+    it is every job's. A sweep that fails the same way everywhere says it once."""
+    groups: dict[str, list[Failure]] = {}
+    for f in failures:
+        groups.setdefault(f.message, []).append(f)
+    lines = []
+    for message, group in groups.items():
+        if len(group) == 1:
+            lines.append((1, group[0].job.describe(), message))
+            continue
+        where = ""
+        if len(group) < total:
+            shown = "; ".join(f.job.describe() for f in group[:names])
+            more = f" and {len(group) - names} more" if len(group) > names else ""
+            where = f" (in: {shown}{more})"
+        lines.append((len(group), f"{len(group)} of {total} jobs", message + where))
+    return lines
 
 
 def execute(sweep: Sweep, on_outcome=lambda outcome: None, on_failure=lambda failure: None
@@ -162,6 +235,53 @@ def execute(sweep: Sweep, on_outcome=lambda outcome: None, on_failure=lambda fai
                     on_outcome(outcome)
             bar.advance(1)
     return outcomes, failures
+
+
+@dataclass
+class Planned:
+    """What ``execute`` would do with one job or study: "run", "skip" (a finished results file with
+    its identity is there), or "refuse" (a check fails; ``message`` says which)."""
+
+    job: Job  # or a bench.study.StudyJob
+    status: str
+    path: Path | None
+    message: str = ""
+    user_error: bool = True  # a refusal by a BenchError (exit 2) rather than a bug (exit 1)
+
+
+def dry_run(sweep: Sweep) -> list[Planned]:
+    """What ``execute`` would do, job by job in its order: every check a job makes before its work
+    and every identity computed (``bench.job.prepare``), but nothing extracted, trained or written."""
+    from bench.job import prepare
+    from bench.records import finished_run, run_id
+    from bench.store import check_writable
+    from bench.study import target
+
+    settings = sweep.settings
+    planned, ids = [], {}
+    for job in sweep.jobs:
+        try:
+            p = prepare(job, settings)
+            skip = not settings.rerun and finished_run(p.out, p.identity) is not None
+            if not skip:
+                check_writable(p.out, "--results folder")  # a probe that leaves no file behind
+        except BenchError as e:
+            planned.append(Planned(job, "refuse", None, str(e)))
+            continue
+        except Exception as e:  # noqa: BLE001 - reported as execute would
+            planned.append(Planned(job, "refuse", None, f"internal error: {type(e).__name__}: {e}", False))
+            continue
+        ids[id(job)] = run_id(p.identity)
+        planned.append(Planned(job, "skip" if skip else "run", p.out))
+    for study in sweep.studies:
+        missing = sum(id(job) not in ids for jobs in study.points for job in jobs)
+        if missing:
+            planned.append(Planned(study, "refuse", None, f"{missing} of its component runs would be refused"))
+            continue
+        identity, out = target(study, [[ids[id(job)] for job in jobs] for jobs in study.points], settings)
+        skip = not settings.rerun and finished_run(out, identity) is not None
+        planned.append(Planned(study, "skip" if skip else "run", out))
+    return planned
 
 
 def _guarded(work, job, failures: list, on_failure):

@@ -5,7 +5,8 @@ vote for their labels with weight ``exp(similarity / temperature)``; the class w
 weight wins (the lowest class index on an exact tie, as in scikit-learn). ``k`` is chosen on val
 from a small grid with the train features as the bank (ties keep the smaller ``k``); test is then
 scored once at that ``k``, with train+val as the bank (``-o bank=train+val``, mirroring the linear
-probe's refit on train+val) or with train alone as DINO does (``-o bank=train``).
+probe's refit on train+val) or with train alone as DINO does (``-o bank=train``). A ``k`` larger
+than the train split is dropped from the grid with a logged line; a grid with none left is refused.
 
 Exact and bounded in memory: queries are taken ``QUERY_BLOCK`` (256) rows at a time and compared
 with the bank ``block_size`` rows at a time, keeping a running top-``kmax`` per query
@@ -107,6 +108,16 @@ def knn_predict(train, train_labels, queries, ks, temperature: float = 0.07, blo
     return vote(sims, idx, train_labels, ks, temperature, n_classes)
 
 
+def fitting_ks(ks: list[int], bank: int, log=lambda msg: None) -> list[int]:
+    """The ``ks`` a bank of ``bank`` rows can hold, saying which were dropped: the default grid
+    reaches 200, more than a ``--limit`` subset's train split may have."""
+    kept = [k for k in ks if k <= bank]
+    if len(kept) < len(ks):
+        log(f"knn: dropping k={show_list(k for k in ks if k > bank)}: more neighbours than the {bank} images "
+            "of the train split")
+    return kept
+
+
 class KNN(Task):
     name = "knn"
     needs_classes = True
@@ -125,14 +136,14 @@ class KNN(Task):
 
     def check(self, options: dict, data: dict) -> None:
         ks, n_train = options["k"], len(data["train"])
-        if ks[-1] > n_train:
-            raise BenchError(f"-o k={show_list(ks)} asks for {ks[-1]} neighbours but the train split has "
-                             f"{n_train} images; use k values of at most {n_train}")
+        if ks[0] > n_train:
+            raise BenchError(f"-o k={show_list(ks)} asks for at least {ks[0]} neighbours but the train split (the "
+                             f"bank k is chosen with) has {n_train} images; use k values of at most {n_train}")
 
     def run(self, ctx: RunContext) -> list[dict]:
-        ks, temperature = ctx.options["k"], ctx.options["temperature"]
-        block, acts = ctx.options["block_size"], ctx.acts
+        temperature, block, acts = ctx.options["temperature"], ctx.options["block_size"], ctx.acts
         ytr, yva, yte = (acts[s].labels for s in ("train", "val", "test"))
+        ks = fitting_ks(ctx.options["k"], len(ytr), ctx.log)
         n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
         records = []
         with ctx.progress("kNN", 2 * len(ctx.layers)) as bar:
@@ -151,7 +162,10 @@ class KNN(Task):
                     bank, bank_labels = train, ytr
                 del train, val, sims, idx
                 sims, idx = nearest(unit_rows(acts["test"].read(layer), ctx.device), bank, k, block)
-                test = top1(vote(sims, idx, bank_labels, [k], temperature, n_classes)[k], yte)
+                test_pred = vote(sims, idx, bank_labels, [k], temperature, n_classes)[k]
+                test = top1(test_pred, yte)
+                ctx.keep_predictions("val", layer, val_preds[k])
+                ctx.keep_predictions("test", layer, test_pred)
                 bar.advance(1)
                 records += [
                     {"layer": layer, "split": "val", "metric": "top1", "value": scores[k][0], "stderr": scores[k][1],

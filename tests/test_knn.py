@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from bench import api
 from bench.benchmark import knn_benchmark, knn_features
-from tasks.knn import knn_predict, nearest, unit_rows
+from tasks.knn import fitting_ks, knn_predict, nearest, unit_rows
 from tests.conftest import assert_user_error
 
 T = 0.1
@@ -98,7 +99,7 @@ def test_the_test_bank_option_uses_train_alone_or_train_and_val(bench, tmp_path)
 
 
 @pytest.mark.parametrize("option, fragments", [
-    ("k=10,5000", ["k=10,5000", "5000 neighbours", "train split has", "at most"]),
+    ("k=5000,6000", ["k=5000,6000", "at least 5000 neighbours", "train split", "at most"]),
     ("k=0", ["k='0'", "positive integers"]),
     ("k=ten", ["k='ten'"]),
     ("temperature=0", ["temperature", "positive"]),
@@ -109,6 +110,28 @@ def test_bad_knn_options_are_one_line_and_leave_nothing_written(bench, tmp_path,
     r = bench("run", "-b", "pixels", "-t", "knn", "-d", "digits", "-o", option, "--results", tmp_path / "res")
     assert_user_error(r, *fragments)
     assert not (tmp_path / "res").exists() and not (tmp_path / "cache").exists()  # checked before extraction
+
+
+def test_k_values_past_the_train_split_are_dropped_with_a_logged_line():
+    notes = []
+    assert fitting_ks([10, 20, 50, 100, 200], 100, notes.append) == [10, 20, 50, 100]
+    assert notes == ["knn: dropping k=200: more neighbours than the 100 images of the train split"]
+    assert fitting_ks([1, 5], 5, notes.append) == [1, 5] and len(notes) == 1  # nothing dropped, nothing said
+    assert fitting_ks([7, 9], 6) == []
+
+
+def test_the_default_k_list_runs_on_a_small_limit(bench, tmp_path):
+    """--limit 60: the train split has 60 images, so of the default 10..200 only 10, 20 and 50 fit."""
+    r = bench("run", "-b", "pixels", "-t", "knn", "-d", "digits", "--limit", "60", "--results", tmp_path / "res")
+    assert r.code == 0, r
+    assert "knn: dropping k=100,200: more neighbours than the 60 images of the train split" in r.err
+    (path,) = (tmp_path / "res").glob("*.json")
+    recs = json.loads(path.read_text())["records"]
+    assert {x["value"] for x in recs if x["metric"] == "k"} <= {10, 20, 50}
+    assert recs[0]["config"]["task_options"]["k"] == [10, 20, 50, 100, 200]  # as asked: the identity's
+    notes = []
+    df = api.run("pixels", "knn", "digits", limit=60, results=tmp_path / "res", log=notes.append, rerun=True)
+    assert df[df.metric == "k"].value.isin([10, 20, 50]).all() and any("dropping k=100,200" in n for n in notes)
 
 
 def test_the_knn_benchmark_runs_both_methods_on_the_same_features():
