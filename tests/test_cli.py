@@ -40,7 +40,7 @@ def test_report_and_compare_through_the_real_console_script(tmp_path):
     assert {"backbone", "dataset", "task", "layer", "split", "metric", "value"} <= set(df.columns)
     assert set(df.backbone) == {"pixels", "resnet18"}
     assert set(df[df.metric == "top1"].split) == {"val", "test"}
-    md = bench_subprocess("report", res, "--format", "md", "--best")
+    md = bench_subprocess("report", res, "--long", "--format", "md", "--best")
     assert md.code == 0 and md.out.startswith("| backbone |"), md
     assert sum("*" in line for line in md.out.splitlines() if "| resnet18 |" in line) == 3  # one layer's 3 rows
     (a,) = res.glob("pixels__digits__linear-probe__*.json")

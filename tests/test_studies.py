@@ -30,7 +30,7 @@ def test_a_checkpoint_sweep_writes_one_file_per_checkpoint_and_task_and_reruns_s
     steps = {json.loads((res / n).read_text())["records"][0]["step"] for n in names}
     assert steps == {4, 8, 12}
 
-    md = bench("report", res, "--format", "md")
+    md = bench("report", res, "--long", "--format", "md")
     assert md.code == 0, md
     rows = [line.split("|")[1:-1] for line in md.out.splitlines()[2:]]
     header = [c.strip() for c in md.out.splitlines()[0].split("|")[1:-1]]
@@ -102,12 +102,12 @@ def test_compare_takes_several_runs_and_drops_none(bench, tmp_path):
     assert len(files) == 4
     cmp = api.compare(*files)
     value_columns = [c for c in cmp.columns if c not in ("dataset", "task", "layer", "split", "metric")
-                     and not c.startswith("Δ")]
-    assert len(value_columns) == 4  # two resnet18 runs (seed 0 and 1) are both there, told apart
+                     and not c.startswith(("Δ", "±"))]
+    assert value_columns == ["pixels (n=2)", "resnet18 (n=2)"]  # each run's two seeds pooled, none dropped
     chosen = cmp[cmp.metric == "layer chosen"]
     assert len(chosen) == 1 and chosen[value_columns].notna().all(axis=None)
     r = bench("compare", res, "--format", "csv")
-    assert r.code == 0 and r.out.count("resnet18") >= 2, r
+    assert r.code == 0 and "resnet18 (n=2)" in r.out, r
 
 
 def test_a_failed_job_is_reported_and_the_sweep_goes_on(bench, tmp_path):

@@ -9,7 +9,7 @@ import sys
 import h5py
 import numpy as np
 
-from bench.store import open_activations, shard_rows
+from bench.store import _batch_digest, open_activations, shard_rows
 
 EXTRACT = ["-q", "extract", "-b", "resnet18", "-d", "digits", "--split", "train", "--limit", "300",
            "--image-size", "32", "--batch-size", "32", "--device", "cpu"]
@@ -74,8 +74,11 @@ def test_a_killed_launch_resumes_its_shards(tmp_path):
                 rows = f["layers"][layer][lo:done]
                 # A torn batch past the count, as a kill during a write leaves.
                 (shard / f"{i:03d}.f32").write_bytes(rows.tobytes() + b"\x7f" * 100)
+            ends = list(range(lo + batch, done, batch)) + [done] if done > lo else []
+            digests = [[end, _batch_digest([f["layers"][layer][start:end] for layer in widths])]
+                       for start, end in zip([lo] + ends[:-1], ends)]  # each counted batch's checksum
             meta = {"identity": identity, "batch_size": batch, "n_rows": n, "widths": widths, "rows": [lo, hi]}
-            (shard / "progress.json").write_text(json.dumps({"meta": meta, "rows_done": done}))
+            (shard / "progress.json").write_text(json.dumps({"meta": meta, "rows_done": done, "batches": digests}))
     out.unlink()
     r = _torchrun([*EXTRACT, "--out", str(out)], env)
     assert r.returncode == 0, r.stderr[-3000:]
