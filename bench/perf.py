@@ -24,14 +24,21 @@ Rows (a row that the machine or the installed packages cannot run says why and i
   rate, and the linear probe of 8 layers on the device; checks: bf16 features against fp32, the
   loss going down, the device probe against the CPU's.
 
-``quick`` shrinks every size (a smoke test, minutes on 2 cores); the full mode runs the issue's
-sizes. Ratios are reference time / our time (> 1: we are faster).
+``quick`` shrinks every size (a smoke test, minutes on 2 cores; its ratios are shown, its targets
+judged in full mode only); the full mode runs the issue's sizes. ``busy`` runs every row beside a
+process that keeps one of this process's CPUs busy: a shared machine, where loops of tiny parallel
+operators wait for threads the other process holds up (``bench.runtime.ThreadPacer``), and the
+same targets hold. Ratios are reference time / our time (> 1: we are faster).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -57,9 +64,9 @@ class Row:
 
 
 def machine() -> dict:
-    import os
-
     import torch
+
+    from bench.runtime import available_cpus
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -67,8 +74,8 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    out = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version(), "gpu": None}
+    out = {"cpu": cpu, "cores": os.cpu_count(), "usable cpus": available_cpus(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     try:
@@ -124,8 +131,6 @@ def _profile(fn: Callable[[], object], device: str = "cpu", top: int = PROFILE_T
     a CUDA build of torch on a machine without a GPU logs start, stop and a device-count error to
     stderr at every use. A profiler that fails leaves one entry that says so, and the row's
     figures stand (its call ran unprofiled before)."""
-    import os
-
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -434,9 +439,6 @@ def memory_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]
     """Peak memory of ``bench extract`` (resnet18, every layer) on few and on many images: each in a
     fresh process (its peak resident set), so streaming is what keeps the ratio near 1. Its work
     runs in those processes: ``profile`` has nothing here to profile."""
-    import os
-    import subprocess
-    import sys
     import tempfile
 
     from bench.datasets import load_split
@@ -598,19 +600,52 @@ ROWS = {"extract": extraction_rows, "flops": flops_rows, "probe": probe_rows, "s
         "memory": memory_rows, "gpu": gpu_rows}
 
 
-def run(quick: bool = False, only=None, log=lambda msg: None, profile: bool = False) -> tuple[dict, list[Row]]:
+def run(quick: bool = False, only=None, log=lambda msg: None, profile: bool = False,
+        busy: bool = False) -> tuple[dict, list[Row]]:
     """The machine and every row of the chosen groups (all by default); with ``profile``, each row
-    also says where our side's time goes (``_profile``: one more call of it, under torch's profiler)."""
+    also says where our side's time goes (``_profile``: one more call of it, under torch's profiler);
+    with ``busy``, every row runs beside ``busy_neighbour()`` (the machine says which CPU it held)."""
     rows = []
-    for name, fn in ROWS.items():
-        if only and name not in only:
-            continue
-        log(f"perf: {name}")
-        rows += fn(quick, profile=profile)
+    with busy_neighbour() if busy else contextlib.nullcontext() as held:
+        for name, fn in ROWS.items():
+            if only and name not in only:
+                continue
+            log(f"perf: {name}")
+            rows += fn(quick, profile=profile)
     if quick:  # the targets are for the full sizes: a quick run only shows the ratios
         for r in rows:
             r.met = None
-    return machine(), rows
+    return {**machine(), "busy cpu": held}, rows
+
+
+@contextlib.contextmanager
+def busy_neighbour():
+    """A process that keeps one of this process's CPUs busy (the last it may use) for the block, as
+    another user's job would on a shared machine; yields that CPU. Linux only (it pins the process
+    with sched_setaffinity)."""
+    from bench.errors import BenchError
+
+    if not hasattr(os, "sched_setaffinity"):
+        raise BenchError("--busy pins a process to a CPU, which needs Linux (os.sched_setaffinity); run it there")
+    cpu = max(os.sched_getaffinity(0))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(spinner.pid, {cpu})
+        yield cpu
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def title(quick: bool, busy_cpu: int | None = None) -> str:
+    """The table's title: the mode, what the ratio means, and where targets are judged."""
+    mode = "bench perf" + (" --quick" if quick else "") + (" --busy" if busy_cpu is not None else "")
+    where = [f"beside a process that keeps CPU {busy_cpu} busy"] if busy_cpu is not None else []
+    if quick:
+        where.append("small sizes: targets are judged in full mode only")
+    return (f"{mode} ({'; '.join(where) + '; ' if where else ''}ratio: reference time / ours; our rate / the "
+            "reference's; memory: many / few images)")
 
 
 def profile_table(rows: list[Row]):
@@ -630,9 +665,10 @@ def as_dicts(rows: list[Row]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
-def table(rows: list[Row]):
+def table(rows: list[Row], quick: bool = False):
     """Rows for people: each figure with its unit, the ratio as ``2.54x``, met and the check as
-    ✓/✗ (— where there is none), the note after the target."""
+    ✓/✗ (— where there is none), the note after the target. ``quick``: a row's target is not
+    judged at its small sizes, and its met cell says so."""
     import pandas as pd
 
     def figure(value, unit):
@@ -644,5 +680,6 @@ def table(rows: list[Row]):
     return pd.DataFrame([{"row": r.row, "setting": r.setting, "ours": figure(r.ours, r.unit),
                           "reference": figure(r.reference, r.unit),
                           "ratio": "—" if r.ratio is None else f"{r.ratio:.2f}x",
-                          "target": " · ".join(t for t in (r.target, r.note) if t), "met": mark(r.met),
+                          "target": " · ".join(t for t in (r.target, r.note) if t),
+                          "met": "full mode only" if quick and r.target else mark(r.met),
                           "check": f"{mark(r.ok)} {r.check}".strip()} for r in rows])

@@ -227,3 +227,55 @@ def test_gpu_check_script_runs_its_perf_part_alone_and_refuses_an_unknown_part(t
     assert r.returncode == 0, r.stderr[-3000:]
     assert [line.split(":")[0] for line in (out / "times.txt").read_text().splitlines()] == ["perf-gpu"]
     assert (out / "perf-gpu.json").is_file() and not (out / "pretrain").exists()
+
+
+def test_quick_mode_says_in_its_title_and_every_targeted_row_that_targets_are_judged_in_full_mode_only():
+    from bench.perf import Row, table, title
+
+    rows = [Row("probe", "pixels", 2.0, 0.06, ratio=0.03, target=">= 5x"),
+            Row("memory", "resnet18", 1.0, 1.0, unit="GiB", ratio=1.0, target="<= 1.1x (a guard)"),
+            Row("gpu", "no CUDA device visible", note="skipped")]
+    quick = table(rows, quick=True)
+    assert list(quick["met"]) == ["full mode only", "full mode only", "—"]
+    assert "targets are judged in full mode only" in title(True)
+    full = [Row("probe", "pixels", 1.0, 6.0, ratio=6.0, target=">= 5x", met=True)]
+    assert list(table(full)["met"]) == ["✓"] and "full mode only" not in title(False)
+    assert "keeps CPU 1 busy" in title(False, 1) and "--busy" in title(False, 1)
+
+
+def _children_on(cpu: int) -> list[int]:
+    """This process's children pinned to ``cpu`` alone (from /proc)."""
+    found = []
+    for stat in os.listdir("/proc"):
+        if not stat.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and os.sched_getaffinity(int(stat)) == {cpu}:
+                found.append(int(stat))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pins with sched_setaffinity, reads /proc")
+def test_the_busy_neighbour_spins_pinned_to_one_of_our_cpus_while_the_block_runs_and_is_gone_after():
+    from bench.perf import busy_neighbour
+
+    with busy_neighbour() as cpu:
+        assert cpu == max(os.sched_getaffinity(0))
+        (pid,) = _children_on(cpu)
+    assert not os.path.exists(f"/proc/{pid}") or _children_on(cpu) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pins with sched_setaffinity")
+def test_perf_busy_runs_its_rows_beside_the_busy_process_and_records_it(bench, tmp_path):
+    out = tmp_path / "perf.json"
+    r = bench("perf", "--quick", "--busy", "--only", "probe", "--threads", "2", "--json", out)
+    assert r.code == 0, r
+    doc = json.loads(out.read_text())
+    assert doc["busy"] is True and doc["machine"]["busy cpu"] == max(os.sched_getaffinity(0))
+    assert doc["machine"]["threads"] == 2 and [row["row"] for row in doc["rows"]] == ["probe"]
+    assert doc["rows"][0]["ok"] is True
+    assert "--busy" in r.out and "full mode only" in r.out

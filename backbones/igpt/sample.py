@@ -4,11 +4,19 @@ Both start from the SOS token (and, for completions, the kept top rows of real i
 one palette index at a time from softmax(logits / temperature), restricted to the ``top_k`` most
 likely colors. ``use_cache=False`` recomputes the whole prefix at every step: the same tokens for
 the same seed, only slower (a test holds the two together).
+
+On a CPU the cached one-token steps run under ``bench.runtime.ThreadPacer``: at torch's thread
+count or at 1, whichever is faster at the time, since on a machine another process keeps busy
+those thousands of tiny steps can run many times slower on all CPUs than on one. The decode's
+operators give the same numbers at any thread count (a test holds that), so the tokens do not
+depend on the choice.
 """
 
 from __future__ import annotations
 
 import torch
+
+from bench.runtime import ThreadPacer
 
 from .model import ImageGPT
 
@@ -37,11 +45,13 @@ def generate(model: ImageGPT, prefix: torch.Tensor, n_positions: int, *, tempera
     if use_cache:
         caches = [{} for _ in model.h]
         logits = model.step(seq, caches, 0)[:, -1]
-        for t in range(P, n_positions):
-            nxt = _draw(logits, temperature, top_k, gen)
-            seq = torch.cat([seq, nxt], dim=1)
-            if t + 1 < n_positions:
-                logits = model.step(nxt, caches, t + 1)[:, -1]
+        with ThreadPacer(active=device.type == "cpu") as pace:
+            for t in range(P, n_positions):
+                with pace.step():
+                    nxt = _draw(logits, temperature, top_k, gen)
+                    seq = torch.cat([seq, nxt], dim=1)
+                    if t + 1 < n_positions:
+                        logits = model.step(nxt, caches, t + 1)[:, -1]
     else:
         for _ in range(P, n_positions):
             logits = model(seq)[:, -1]
