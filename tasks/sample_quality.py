@@ -7,7 +7,8 @@ torch-fidelity's (``bench.fidelity``); the feature space is the ``extractor`` op
 reference classifier by default (trained on the train split once, reused by fingerprint, its top-1
 on the split recorded beside the metrics), raw pixels, or Inception from a local weights file.
 Samples are drawn in batches with the KV cache; the first 64 are saved as ``samples.png`` in the
-run's artifacts folder.
+run's artifacts folder. ``n`` defaults to min(1000, the split's size), so the default works on small
+datasets, and its records say when that rule chose it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,48 @@ from bench.errors import BenchError
 from tasks.base import Option, RunContext, Task, choice, float_range, positive_int
 
 GRID = 64  # samples shown in samples.png
+DEFAULT_N = 1000
+MIN_N = 4  # precision/recall compare each image with its 3 nearest neighbours among the others
 
 
-def _n(text: str) -> int:
+class AtMost(int):
+    """The default ``n``: this many images, or the split's size where that is smaller.
+
+    An int, so a result's identity reads it as the number it caps (default runs keep their run
+    ids); its own type, so an ``n`` the user typed is never capped silently."""
+
+
+def parse_n(text: str) -> int:
+    """``auto`` (min(1000, the split's size)) or an integer >= 4."""
+    if text.strip() == "auto":
+        return AtMost(DEFAULT_N)
     value = int(text)
-    if value < 2:
-        raise ValueError("must be an integer >= 2 (a covariance needs two images)")
+    if value < MIN_N:
+        raise ValueError(f"must be auto or an integer >= {MIN_N} (precision/recall use each image's 3 nearest "
+                         "neighbours)")
     return value
 
 
-def _extractor(text: str):
+def show_n(value: int) -> str:
+    return "auto" if isinstance(value, AtMost) else str(value)
+
+
+def resolve_n(n: int, size: int, split: str) -> int:
+    """The number of images a run compares: ``n`` itself, or for the default the split's size
+    where smaller. Refuses an ``n`` the split cannot give."""
+    if isinstance(n, AtMost):
+        if size < MIN_N:
+            raise BenchError(f"sample-quality needs at least {MIN_N} images of the {split} split, it has {size}; "
+                             "raise --limit or choose another -o split=")
+        return min(int(n), size)
+    if n > size:
+        raise BenchError(f"sample-quality -o n={n} is larger than the {split} split ({size} images); "
+                         f"lower n to at most {size} (or leave it out: the default takes min({DEFAULT_N}, the "
+                         "split's size))")
+    return n
+
+
+def parse_extractor(text: str):
     from bench.fidelity import Extractor
 
     return Extractor.parse(text)
@@ -39,9 +72,10 @@ class SampleQuality(Task):
     reads = "model"
     requires_generative = True
     options = {
-        "n": Option(1000, _n, "samples generated and real images compared, >= 2 (at most the split's size)"),
+        "n": Option(AtMost(DEFAULT_N), parse_n, f"samples generated and real images compared, >= {MIN_N} and at "
+                    f"most the split's size; auto (the default): min({DEFAULT_N}, the split's size)", show_n),
         "split": Option("val", choice("train", "val", "test"), "the split of the real images and of bits/dim"),
-        "extractor": Option(_extractor("classifier"), _extractor,
+        "extractor": Option(parse_extractor("classifier"), parse_extractor,
                             "feature space: classifier (trained here on train), pixels, or inception:PATH "
                             "(torch-fidelity InceptionV3 weights file)"),
         "temperature": Option(1.0, float_range(0.01, 100.0), "sampling temperature, 0.01..100"),
@@ -57,10 +91,7 @@ class SampleQuality(Task):
         return (split, "train") if needs_train else (split,)
 
     def check(self, options: dict, data: dict) -> None:
-        split, n = options["split"], options["n"]
-        if n > len(data[split]):
-            raise BenchError(f"sample-quality -o n={n} is larger than the {split} split ({len(data[split])} images); "
-                             f"lower n to at most {len(data[split])}")
+        resolve_n(options["n"], len(data[options["split"]]), options["split"])
         if options["extractor"].kind == "inception":  # a bad weights file: said before any sampling
             from backbones.weights import load_state_dict
 
@@ -71,8 +102,9 @@ class SampleQuality(Task):
         from bench.grid import save_grid
 
         o, backbone = ctx.options, ctx.backbone
-        split, n, extractor = o["split"], o["n"], o["extractor"]
+        split, extractor = o["split"], o["extractor"]
         data = ctx.data[split]
+        n = resolve_n(o["n"], len(data), split)
         bpd = backbone.bits_per_dim(data.images)
         pick = np.sort(np.random.default_rng(ctx.seed).choice(len(data), n, replace=False))
         real = backbone.model_view(data.images[pick])
@@ -101,4 +133,6 @@ class SampleQuality(Task):
                  {"metric": "kid", "value": m["kid"], "std": m["kid_std"], "n": n},
                  {"metric": "precision", "value": m["precision"], "n": n},
                  {"metric": "recall", "value": m["recall"], "n": n}]
-        return [{"layer": "model", "split": split, "stderr": None, **r, "extractor": label} for r in rows]
+        rule = {"n_rule": f"default: min({DEFAULT_N}, the {split} split's {len(data)} images)"} \
+            if isinstance(o["n"], AtMost) else {}
+        return [{"layer": "model", "split": split, "stderr": None, **r, "extractor": label, **rule} for r in rows]

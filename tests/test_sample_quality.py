@@ -4,9 +4,11 @@ bad inputs."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import linalg
 
+from bench import api
 from bench.errors import BenchError
 from bench.fidelity import Extractor, sample_metrics
 from tests.conftest import assert_user_error, write_code_carrying_pickle
@@ -83,9 +85,54 @@ def test_sample_quality_end_to_end_on_digits_trains_the_reference_classifier_onc
     assert r.code == 0 and "fd" in r.out and "sample-quality" in r.out, r
 
 
+def test_the_default_n_takes_the_split_whole_where_it_is_under_1000_and_says_so(bench, tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "step-0000012"
+    r = bench("run", "-b", "igpt", "--weights", ckpt, "-t", "sample-quality", "-d", "digits", "-o", "extractor=pixels",
+              "--results", tmp_path / "res")
+    assert r.code == 0, r
+    (path,) = (tmp_path / "res").glob("*sample-quality*.json")
+    doc = json.loads(path.read_text())
+    fd = next(rec for rec in doc["records"] if rec["metric"] == "fd")
+    assert fd["n"] == 144 and fd["n_rule"] == "default: min(1000, the val split's 144 images)"  # digits' val: 144
+    assert doc["run"]["identity"]["options"]["n"] == 1000  # as before the rule: default runs keep their run ids
+
+    df = api.run("igpt", "sample-quality", "digits", weights=ckpt, limit=60, results=tmp_path / "api",
+                 options={"extractor": "pixels", "n": "auto"})
+    fd = df[df.metric == "fd"].iloc[0]
+    assert fd.n == 60 and fd.n_rule == "default: min(1000, the val split's 60 images)"
+    df = api.run("igpt", "sample-quality", "digits", weights=ckpt, limit=60, results=tmp_path / "api",
+                 options={"extractor": "pixels", "n": 40})  # a number the user chose: used as it is, no rule
+    fd = df[df.metric == "fd"].iloc[0]
+    assert fd.n == 40 and ("n_rule" not in df.columns or pd.isna(fd.n_rule))
+
+
+def test_the_smallest_n_the_task_accepts_is_the_smallest_the_metrics_can_compute():
+    from tasks.sample_quality import MIN_N
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(MIN_N, 3, 3, 1), dtype=np.uint8)
+    got = sample_metrics(images, images[::-1].copy(), Extractor("pixels"), seed=0)
+    assert np.isfinite([got[k] for k in ("fd", "kid", "precision", "recall")]).all()
+    with pytest.raises(RuntimeError):  # one image fewer: precision/recall's 3 neighbours do not exist
+        sample_metrics(images[:-1], images[1:], Extractor("pixels"), seed=0)
+
+
+def test_the_default_n_reads_as_1000_in_an_identity_and_as_auto_in_listings():
+    from tasks.sample_quality import AtMost, SampleQuality
+
+    task = SampleQuality()
+    default = task.parse_options([])["n"]
+    assert isinstance(default, AtMost) and json.dumps(default) == "1000"
+    assert task.options["n"].show(default) == "auto" and isinstance(task.parse_options({"n": default})["n"], AtMost)
+    typed = task.parse_options(["n=1000"])["n"]
+    assert typed == 1000 and not isinstance(typed, AtMost)  # typed: never capped
+
+
 @pytest.mark.parametrize("options, fragment", [
     (("-o", "n=145"), "larger than the val split (144 images)"),
     (("-o", "n=1"), "n='1' is invalid"),
+    (("-o", "n=3"), "integer >= 4 (precision/recall use each image's 3 nearest neighbours)"),
+    (("--limit", "3", "-o", "extractor=pixels"), "needs at least 4 images of the val split, it has 3"),
     (("-o", "extractor=inception"), "needs its weights file"),
     (("-o", "extractor=inception:/no/such.pth"), "do not exist"),
     (("-o", "extractor=vgg"), "choose classifier, pixels or inception:PATH"),
