@@ -5,8 +5,9 @@ Names: a timm model name (``resnet18``) or the same with a ``timm/`` prefix. Ran
 default (seeded), ``--pretrained`` for timm's weights (from the local Hugging Face cache when
 offline), or ``--weights FILE``. Input channels follow the dataset. Images are scaled to [0, 1],
 resized (bilinear, antialiased) to ``--image-size`` (default: the pretrained input size with
-pretrained weights, else the native size but at least 32) and normalized by the model's
-mean/std; all of that enters the fingerprint.
+pretrained weights, else the one size a model takes (a ViT's), else the native size but at least
+32) and normalized by the model's mean/std; all of that enters the fingerprint. A size the model
+cannot take is refused at build time, naming the size to use.
 """
 
 from __future__ import annotations
@@ -94,12 +95,14 @@ class TimmBackbone(Backbone):
             from backbones.weights import apply_state_dict, load_state_dict
 
             apply_state_dict(model, load_state_dict(options.weights), name, options.weights)
+        fixed = fixed_input_size(model)
         if options.image_size:
             size = options.image_size
         elif options.pretrained or options.weights:
             size = int((model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
         else:
-            size = max(spec.height, spec.width, MIN_RANDOM_INIT_SIZE)
+            size = fixed or max(spec.height, spec.width, MIN_RANDOM_INIT_SIZE)
+        check_input_size(model, arch, spec.channels, size, fixed)
         backbone = cls(name, model, spec, options, size)
         backbone.branches_on = branches_on  # recorded in config(): such results never mix with others
         return backbone
@@ -160,6 +163,66 @@ class TimmBackbone(Backbone):
         if self._digest is None:
             self._digest = state_dict_digest(self.model.state_dict())
         return self._digest
+
+
+def fixed_input_size(model) -> int | None:
+    """The one square input size a model takes (a ViT's patch embedding built for 224×224), or None
+    where any size large enough goes."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or not getattr(embed, "strict_img_size", False) or getattr(model, "dynamic_img_size", False):
+        return None
+    return int(size[0]) if size[0] == size[-1] else None
+
+
+def check_input_size(model, arch: str, channels: int, size: int, fixed: int | None) -> None:
+    """A ``BenchError`` naming the size to use when ``model`` cannot take ``size``×``size`` images
+    (a convolution wider than its shrunken input, a patch grid of another size). Tried on one blank
+    image through every stage, before any work, since what fits depends on every layer's
+    kernel, stride and padding."""
+    import torch
+
+    if fixed is not None and size != fixed:
+        raise BenchError(f"timm model {arch!r} takes {fixed}×{fixed} images only, not {size}×{size}; pass "
+                         f"--image-size {fixed} (or leave it out)")
+
+    def fits(s: int) -> bool:
+        try:
+            with torch.no_grad():
+                model.forward_intermediates(torch.zeros(1, channels, s, s), indices=[len(model.feature_info) - 1],
+                                            stop_early=True, intermediates_only=True)
+            return True
+        except (RuntimeError, ValueError, AssertionError, IndexError):  # how torch and timm refuse a shape
+            return False
+
+    model.eval()  # a blank forward in training mode would move the batch-norm statistics (the fingerprint)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small image: threads would only wait on each other
+    try:
+        _smallest_fit(model, arch, size, fits)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _smallest_fit(model, arch: str, size: int, fits) -> None:
+    if fits(size):
+        return
+    top = BackboneOptions.MAX_IMAGE_SIZE
+    low, high = size, min(2 * size, top)
+    while not fits(high):  # double until one fits (sizes just past the smallest are the cheap ones)
+        if high == top:
+            usual = int((model.pretrained_cfg or {}).get("input_size", (0,))[-1])
+            if usual and fits(usual):  # a model built for one size only
+                raise BenchError(f"timm model {arch!r} cannot run on {size}×{size} images; pass --image-size "
+                                 f"{usual}, the size it was built for")
+            raise BenchError(f"timm model {arch!r} cannot run on {size}×{size} images, nor on any size up to "
+                             f"{top}×{top}; choose another model")
+        low, high = high, min(2 * high, top)
+    while high - low > 1:  # low does not fit, high does: the smallest size that fits lies in (low, high]
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    raise BenchError(f"timm model {arch!r} needs images of at least {high}×{high} (its stages shrink them "
+                     f"{model.feature_info[-1]['reduction']}-fold), not {size}×{size}; pass --image-size {high} or more")
 
 
 def _create_pretrained(arch: str, kwargs: dict):

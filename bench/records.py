@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -64,7 +65,7 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
         if not Path(path).is_file():
             return None
         doc = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None  # unreadable (or an impossible name, which check_writable words)
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT or doc.get("version") not in READABLE_VERSIONS:
         return None
@@ -72,7 +73,7 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
     if run.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
         return None
     records = doc.get("records")
-    if not isinstance(records, list) or not records or any(record_problem(r) for r in records):
+    if not isinstance(records, list) or not records or any(record_problem(r) for r in records) or run_problem(records):
         return None  # damaged: computed again
     return [dict(r, file=str(path)) for r in records]
 
@@ -110,8 +111,8 @@ def _parse(path: Path):
     """The JSON document in ``path``; BenchError naming the file when it cannot be read or parsed."""
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        why = getattr(e, "strerror", None) or e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = getattr(e, "strerror", None) or ("nested too deeply" if isinstance(e, RecursionError) else e)
         raise BenchError(f"{path} is not a readable results file ({why}); pass files written by `bench run`") from None
 
 
@@ -137,35 +138,108 @@ def read_results(path: str | Path) -> list[dict]:
         problem = record_problem(r)
         if problem:
             raise BenchError(f"{path}: record {i} {problem}; rerun the `bench run` that wrote it")
+    problem = run_problem(records)
+    if problem:
+        raise BenchError(f"{path}: {problem}; rerun the `bench run` that wrote it")
     return [dict(r, file=str(path)) for r in records]
 
 
+INT64_MAX = 2**63 - 1  # the tables hold whole numbers as pandas Int64
+MAX_MAGNITUDE = 1e150  # no task measures more; larger overflows the spread over seeds and the plots' axes
+INTEGER_METRICS = {"k", "epoch"}  # metrics that count something: shown without decimals
+
+
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A number within ±MAX_MAGNITUDE, or NaN or an infinity (a diverged loss is a measurement too)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    return (isinstance(v, float) and not math.isfinite(v)) or abs(v) <= MAX_MAGNITUDE
+
+
+def _whole(lo: int):
+    return lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= INT64_MAX)
+
+
+def _text(v) -> bool:
+    return v is None or isinstance(v, str)
 
 
 # What the tables and plots read from a record, and what each must be (None is allowed but for metric).
 _FIELDS = {
     "metric": (lambda v: isinstance(v, str) and v != "", "a metric name"),
-    "value": (lambda v: v is None or _number(v), "a number"),
-    "stderr": (lambda v: v is None or _number(v), "a number"),
-    "n": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), "a count"),
-    "step": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
-    "layer_index": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
-    **{k: (lambda v: v is None or isinstance(v, str), "text")
-       for k in ("layer", "split", "backbone", "dataset", "task", "run", "tag", "weights", "fingerprint")},
+    **{k: (lambda v: v is None or _number(v), f"a number within ±{MAX_MAGNITUDE:g}")
+       for k in ("value", "stderr", "std", "depth", "lo", "hi", "gap", "gap_share", "val_stderr")},
+    **{k: (_whole(0), f"a whole number in 0..{INT64_MAX}")
+       for k in ("n", "step", "layer_index", "epoch", "seed", "labels", "groups", "shared_steps")},
+    **{k: (_whole(1), f"a count in 1..{INT64_MAX}") for k in ("shots", "seeds", "limit")},
+    **{k: (lambda v: v is None or isinstance(v, bool), "true or false") for k in ("curve", "agrees", "separable")},
+    **{k: (_text, "text")
+       for k in ("layer", "split", "backbone", "dataset", "task", "run", "tag", "weights", "fingerprint", "study",
+                 "kind", "point", "size", "quality", "scope", "better", "caution")},
 }
+# Columns the report derives from the records (bench.report, bench.paired): a record never holds them.
+DERIVED_COLUMNS = {"best", "won", "run_name", "seed_n", "seed_std", "seed_label", "cmp_pool", "cmp_rank", "cmp_pos",
+                   "note"}
+# A study's records (``study`` set) by kind: the fields its tables cannot do without.
+_STUDY_FIELDS = {"layer": ("point", "size", "depth"), "best": ("point", "size", "depth"),
+                 "quality": ("point", "size"), "stat": ("quality", "n"), "separation": ("quality", "shared_steps")}
 
 
 def record_problem(r) -> str:
-    """'' for a well-formed record, else what is wrong with it."""
+    """'' for a well-formed record, else what is wrong with it: every field the tables and plots
+    compute with is of its type and range, so a hand-edited record is refused by name, never an
+    overflow or a type error midway through a report."""
     if not isinstance(r, dict):
         return f"is a {type(r).__name__}, not an object"
     if "metric" not in r or "value" not in r:
         return "lacks its metric or value"
+    derived = sorted(k for k in r if k in DERIVED_COLUMNS or str(k).startswith("_"))
+    if derived:
+        return f"holds {derived[0][:40]!r}, a column the report computes itself"
+    missing = [k for k in ("dataset", "task", "layer", "split") if r.get(k) is None]  # the tables group by them
+    if missing:
+        return f"lacks its {' and '.join(missing)}"
     for key, (ok, what) in _FIELDS.items():
         if key in r and not ok(r[key]):
             return f"has {key} = {str(r[key])[:40]!r}, which is not {what}"
+    value = r["value"]
+    if r["metric"] in INTEGER_METRICS and value is not None and not (
+            float(value).is_integer() and 0 <= value <= INT64_MAX):
+        return f"has {r['metric']} = {str(value)[:40]!r}, which is not a whole number in 0..{INT64_MAX}"
+    if r["metric"] == "top1" and (value is None or not math.isfinite(value)):  # layers are chosen by it
+        return f"has top1 = {str(value)[:40]!r}, which is not a finite percentage"
+    if r.get("study") is not None:
+        if not isinstance(r.get("kind"), str):
+            return "is a study record without its kind"
+        missing = [k for k in _STUDY_FIELDS.get(r["kind"], ()) if r.get(k) is None]
+        if missing:
+            return f"is a study record ({r['kind']}) without its {', '.join(missing)}"
+    return ""
+
+
+# What one run's records all say alike (they are stamped from the run); a study's checkpoints differ
+# in the model fields.
+_RUN_FIELDS = ("run", "dataset", "task", "seed", "limit", "tag")
+_MODEL_FIELDS = ("backbone", "fingerprint", "weights", "step")
+
+
+def run_problem(records: list[dict]) -> str:
+    """'' for the well-formed records of one results file that make whole tables, else what is
+    wrong: they disagree on the run they belong to, or a study's checkpoint (a ``point`` of
+    quality or best records) lacks its best layer's val and test top-1."""
+    plain = [r for r in records if r.get("study") is None]
+    for fields, group in ((_RUN_FIELDS, records), (_MODEL_FIELDS, plain)):
+        for key in fields:
+            values = list(dict.fromkeys(json.dumps(r.get(key)) for r in group))
+            if len(values) > 1:
+                return f"its records disagree on the {key} ({values[0][:40]} and {values[1][:40]})"
+    points: dict[str, set] = {}
+    for r in records:
+        if r.get("study") is not None and r["kind"] in ("quality", "best"):
+            points.setdefault(r["point"], set()).update([r.get("split")] if r["kind"] == "best" else [])
+    for point, splits in points.items():
+        if not {"val", "test"} <= splits:
+            return f"its study's checkpoint {point[:40]!r} lacks its best layer's val and test records"
     return ""
 
 
@@ -183,9 +257,10 @@ def _is_results(path: Path) -> bool:
         raise BenchError(f"cannot read {path} ({e.strerror or e}); fix its permissions or move it away") from None
     try:
         doc = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = "nested too deeply to read" if isinstance(e, RecursionError) else e
         if RESULTS_FORMAT.encode() in text:
-            raise BenchError(f"{path} names the results format but is not valid JSON ({e}); rerun the `bench run` "
+            raise BenchError(f"{path} names the results format but is not valid JSON ({why}); rerun the `bench run` "
                              "that wrote it, or move it away") from None
         return False
     return isinstance(doc, dict) and doc.get("format") == RESULTS_FORMAT

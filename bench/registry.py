@@ -5,12 +5,14 @@ groups ``bench.backbones``, ``bench.tasks`` and ``bench.datasets``. Our own buil
 in our pyproject under those groups, exactly as a third-party plugin would list its own.
 
 Listing names reads entry-point metadata only; the module behind a name is imported the first
-time that name is resolved. A name claimed by two sources is an error naming both.
+time that name is resolved. A name claimed by two sources is an error naming both. The scan is
+thread-safe: threads that meet an unscanned registry wait for the one that fills it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -45,7 +47,8 @@ class Registry:
         self.kind = kind  # "backbone", "task", "dataset": used in messages
         self.group = group
         self._entries: dict[str, _Entry] = {}
-        self._scanned = False
+        self._scanned = False  # set only once _entries holds every entry point
+        self._lock = threading.RLock()  # reentrant: a decorator run by an import calls _add -> _scan
 
     # -- registration -------------------------------------------------------------------------
     def register(self, name: str | None = None) -> Callable[[Any], Any]:
@@ -59,32 +62,38 @@ class Registry:
         return deco
 
     def _add(self, entry: _Entry) -> None:
-        self._scan()
-        old = self._entries.get(entry.name)
-        if old is not None and old.entry_point is None and old.source == entry.source:
-            # The same module:class registering again (a notebook cell run twice, a reloaded
-            # module): the newer definition replaces the older one.
-            self._entries[entry.name] = entry
-            return
-        if old is not None:
-            # Loading an entry point imports its module; if that module also uses the decorator
-            # for the very same object, that is one registration, not two.
-            if (
-                entry.obj is not None
-                and old.entry_point is not None
-                and old.entry_point.value == f"{entry.obj.__module__}:{entry.obj.__qualname__}"
-            ):
+        with self._lock:
+            self._scan()
+            old = self._entries.get(entry.name)
+            if old is not None and old.entry_point is None and old.source == entry.source:
+                # The same module:class registering again (a notebook cell run twice, a reloaded
+                # module): the newer definition replaces the older one.
+                self._entries[entry.name] = entry
                 return
-            raise BenchError(
-                f"{self.kind} name {entry.name!r} is registered twice: by {old.source} and by "
-                f"{entry.source}; uninstall or rename one of them"
-            )
-        self._entries[entry.name] = entry
+            if old is not None:
+                # Loading an entry point imports its module; if that module also uses the decorator
+                # for the very same object, that is one registration, not two.
+                if (
+                    entry.obj is not None
+                    and old.entry_point is not None
+                    and old.entry_point.value == f"{entry.obj.__module__}:{entry.obj.__qualname__}"
+                ):
+                    return
+                raise BenchError(
+                    f"{self.kind} name {entry.name!r} is registered twice: by {old.source} and by "
+                    f"{entry.source}; uninstall or rename one of them"
+                )
+            self._entries[entry.name] = entry
 
     def _scan(self) -> None:
         if self._scanned:
             return
-        self._scanned = True
+        with self._lock:
+            if not self._scanned:  # another thread may have filled it while this one waited
+                self._entries.update(self._entry_points())
+                self._scanned = True
+
+    def _entry_points(self) -> dict[str, _Entry]:
         seen: dict[str, _Entry] = {}
         for ep in entry_points(group=self.group):
             dist = getattr(ep, "dist", None)
@@ -97,12 +106,13 @@ class Registry:
                     f"and by {source}; uninstall or rename one of them"
                 )
             seen[ep.name] = _Entry(ep.name, source, entry_point=ep)
-        self._entries.update(seen)
+        return seen
 
     # -- lookup -------------------------------------------------------------------------------
     def names(self, pattern: str | None = None) -> list[str]:
         self._scan()
-        return match(sorted(self._entries), pattern)
+        with self._lock:
+            return match(sorted(self._entries), pattern)
 
     def source(self, name: str) -> str:
         self._scan()
@@ -117,7 +127,9 @@ class Registry:
         self._scan()
         entry = self._entries.get(name)
         if entry is None:
-            hint = did_you_mean(name, list(self._entries) + (extra_choices or []))
+            with self._lock:
+                known = list(self._entries)
+            hint = did_you_mean(name, known + (extra_choices or []))
             raise BenchError(
                 f"unknown {self.kind} {name!r}{hint}; see `bench {self.kind}s list`"
             )

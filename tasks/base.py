@@ -18,7 +18,9 @@ kinds (``reads``):
 only the raw splits (labels per class, sizes). ``run(ctx)`` returns a list of dicts with at least
 ``layer``, ``split``, ``metric`` and ``value`` (``stderr`` and ``n`` where known); the runner stamps
 the provenance and identity onto each and writes one results file. Anything the task makes besides numbers (weights, images, curves) goes
-under ``ctx.artifacts``, a folder beside the results file.
+under ``ctx.artifacts``, a folder beside the results file. A classifying task also hands over the
+class it predicted for every val and test row (``ctx.keep_predictions``); the runner keeps them in
+``<results>.predictions.npz`` (``bench.paired``).
 """
 
 from __future__ import annotations
@@ -62,12 +64,26 @@ class RunContext:
     cache_dir: Path | None = None  # the activation cache (None: bench.store.default_cache_dir())
     log: Callable[[str], None] = lambda msg: None
     quiet: bool = False
+    predictions: dict = field(default_factory=dict)  # (split, layer) -> predicted class per row (keep_predictions)
 
     def progress(self, description: str, total: int):
         """A progress bar (a context manager with ``advance(n)``), nested under the sweep's bar."""
         from bench.runtime import progress_bar
 
         return progress_bar(description, total, self.quiet)
+
+    def keep_predictions(self, split: str, layer: str, predicted) -> None:
+        """Hand the runner the class predicted for every row of ``split`` (in ``data[split]``'s row
+        order) by ``layer``'s classifier: it writes them beside the results file, so that two runs
+        can be compared example by example (``bench compare``) and per class (``bench report``)."""
+        import numpy as np
+
+        predicted = np.asarray(predicted)
+        rows = len(self.data[split]) if split in self.data else len(predicted)
+        if predicted.ndim != 1 or len(predicted) != rows or not np.issubdtype(predicted.dtype, np.integer):
+            raise BenchError(f"task predictions for {split}/{layer} must be {rows} integer class ids, one per row; "
+                             f"got {predicted.dtype} {predicted.shape}")
+        self.predictions[(split, layer)] = predicted
 
     def artifacts_dir(self) -> Path:
         """``artifacts``, created; tasks write their files here."""
@@ -107,11 +123,11 @@ class Task:
                 raise BenchError(f"task {self.name!r} has no option {key!r}{did_you_mean(key, self.options)}; "
                                  f"its options: {valid}")
             option = self.options[key]
-            text = value if isinstance(value, str) else option.show(value)
+            text = value if isinstance(value, str) else option_text(option, key, value)
             try:
                 out[key] = option.parse(text)
-            except (TypeError, ValueError) as e:
-                raise BenchError(f"task option {key}={text!r} is invalid ({e}); {option.help}") from None
+            except (TypeError, ValueError, OverflowError) as e:
+                raise BenchError(f"task option {key}={text[:80]!r} is invalid ({e}); {option.help}") from None
         return out
 
     @staticmethod
@@ -127,6 +143,25 @@ class Task:
 
     def run(self, ctx: RunContext) -> list[dict]:
         raise NotImplementedError
+
+
+def option_text(option: Option, key: str, value) -> str:
+    """A Python value of an option as the ``-o`` text that means the same, so that it goes through
+    the option's own parser (``show`` writes it). A list option (its default is a list) also takes
+    one item, as a list of one (``-o k=5``). A value the option cannot write is a ``BenchError``
+    naming the option."""
+    from collections.abc import Iterable, Mapping
+
+    refuse = BenchError(f"task option {key}={str(value)[:80]!r} is not a value it takes; {option.help}")
+    if isinstance(option.default, (list, tuple)):
+        if isinstance(value, (bytes, bytearray, Mapping)):
+            raise refuse
+        if not isinstance(value, Iterable):
+            value = [value]
+    try:
+        return option.show(value)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        raise refuse from None
 
 
 def choice(*allowed: str) -> Callable[[str], str]:
