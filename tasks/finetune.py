@@ -19,19 +19,32 @@ horizontally where the dataset allows it (``FLIP_DATASETS``, or a dataset class 
 epoch's weights are restored (``patience`` > 0 stops after that many epochs without a better val
 top-1) and scored on test.
 
-The artifacts folder beside the results file holds ``settings.json`` (a rerun with other
-settings is refused), one ``epoch-NNNN/`` checkpoint (weights, best weights, optimizer, the
-curves; written under a temporary name and renamed when whole), and at the end the fine-tuned
-weights where ``--weights`` reads them back: ``finetuned.safetensors`` for a timm model,
-``finetuned/`` (a checkpoint folder) for an iGPT, plus the head (``head.safetensors``) and
-``finetune.json``. The same command after a kill continues from the last epoch to the same
+The learning rate: ``-o lr=1e-3`` trains once at that peak rate; a list (``-o lr=1e-4,3e-4,1e-3``)
+trains once per rate, each from the same initial weights and head on the same data, epochs and
+draws, and keeps the rate whose best epoch has the best val top-1 (on a tie, the smaller rate):
+only that rate's weights are scored on test, once, so the choice never sees test. A fair
+comparison of backbones gives each the same grid.
+
+The artifacts folder beside the results file holds ``settings.json``, one ``epoch-NNNN/``
+checkpoint (weights, best weights, optimizer, the curves and the settings that wrote them;
+written under a temporary name and renamed when whole), and at the end the fine-tuned weights
+where ``--weights`` reads them back: ``finetuned.safetensors`` for a timm model, ``finetuned/``
+(a checkpoint folder) for an iGPT, plus the head (``head.safetensors``) and ``finetune.json``.
+With a list of rates each rate trains in ``lr-<rate>/`` (its epoch checkpoints, then its best
+weights and ``rate.json``); those folders go once the chosen rate's outputs are written. One
+process writes a folder at a time (another is refused naming it), and a folder whose
+``settings.json``, checkpoints or finished rates were written with other settings is refused
+before anything is written, so a resume never continues another run's weights. The same
+command after a kill continues from the last epoch (of the rate it was training) to the same
 weights and numbers as an uninterrupted run on the CPU. Under ``torchrun`` it trains with
 DistributedDataParallel (gloo on CPUs, NCCL on GPUs): each process takes an equal share of every
 batch (and the same augmentation), rank 0 writes.
 
 Records: ``top1`` on ``val`` and ``test`` (binomial standard errors) at the chosen ``epoch``, the
 chosen epoch (metric ``epoch``), and per-epoch curves marked ``curve: True``: ``train`` ``loss``
-(and ``clf_loss``/``gen_loss`` with a generative loss) and ``val`` ``top1``.
+(and ``clf_loss``/``gen_loss`` with a generative loss) and ``val`` ``top1``. With a list of rates,
+also the chosen rate (``val`` metric ``lr``), every rate's curves (each record with its ``lr``),
+and per rate its best val ``top1`` (``curve: True``, its ``lr`` and ``best_epoch``, no ``epoch``).
 """
 
 from __future__ import annotations
@@ -48,7 +61,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.runtime import join_processes
-from tasks.base import Option, RunContext, Task, choice, float_range, int_range, nonnegative_int
+from tasks.base import Option, RunContext, Task, choice, float_range, int_range, nonnegative_int, show_list
 from tasks.linear_probe import binomial_se
 
 MAX_EPOCHS = 1000
@@ -58,6 +71,42 @@ SETTINGS_VERSION = 1
 # Datasets whose classes survive a horizontal flip. Not digits or mnist (a mirrored 2, 3 or 7 is
 # no longer a digit); a plugin dataset says so with a class attribute ``horizontal_flip = True``.
 FLIP_DATASETS = frozenset({"cifar10", "cifar100", "stl10", "fashion-mnist"})
+
+
+def learning_rates(text: str) -> float | list[float]:
+    """``-o lr=``: one rate in (0, 1] (a float, as it always parsed, so single-rate run ids stay),
+    or a comma-separated list of them (ascending, each once; a list of one rate is that rate)."""
+    one = float_range(0.0, 1.0, open_low=True)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        if not parts[0]:
+            raise ValueError("no rate given; write one rate in (0, 1] or a list, e.g. 1e-4,3e-4,1e-3")
+        return one(parts[0])
+    if not all(parts):
+        raise ValueError("an empty entry in the list; write rates in (0, 1] separated by commas, e.g. 1e-4,3e-4,1e-3")
+    rates = []
+    for part in parts:
+        try:
+            rates.append(one(part))
+        except ValueError as e:
+            raise ValueError(f"{part}: {e}") from None
+    rates = sorted(set(rates))
+    return rates[0] if len(rates) == 1 else rates
+
+
+def show_rates(value) -> str:
+    """A parsed ``lr`` back as the text that parses to it."""
+    return show_list(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def rate_list(value) -> list[float]:
+    """The rates a parsed ``lr`` trains: a list of one for a single rate."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def rate_folder(folder: Path, rate: float) -> Path:
+    """Where one rate of a list trains: ``lr-<rate>/`` (``repr``: distinct rates, distinct names)."""
+    return folder / f"lr-{rate!r}"
 
 
 def _gen_weight(text: str):
@@ -74,8 +123,9 @@ class Finetune(Task):
     splits = ("train", "val", "test")
     options = {
         "epochs": Option(10, int_range(1, MAX_EPOCHS), f"training epochs, 1..{MAX_EPOCHS}"),
-        "lr": Option(1e-3, float_range(0.0, 1.0, open_low=True),
-                     "peak learning rate of AdamW, in (0, 1]; try 1e-4 for pretrained weights"),
+        "lr": Option(1e-3, learning_rates,
+                     "peak learning rate of AdamW, in (0, 1], or a comma-separated list to choose from on val "
+                     "(e.g. 1e-4,3e-4,1e-3); try 1e-4 for pretrained weights", show=show_rates),
         "batch_size": Option(64, int_range(1, 65536), "images per optimizer step (over all processes)"),
         "weight_decay": Option(0.05, float_range(0.0, 10.0), "AdamW weight decay (matrices and kernels only), >= 0"),
         "warmup": Option(0.1, float_range(0.0, 1.0, open_high=True),
@@ -89,7 +139,8 @@ class Finetune(Task):
                              "weight of the next-pixel loss beside the classification loss (generative backbones "
                              "such as igpt); auto: 1 there, 0 elsewhere; 0: classification only"),
     }
-    columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "epoch"): "epoch"}
+    columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "epoch"): "epoch",
+               ("val", "lr"): "chosen lr"}
 
     def run(self, ctx: RunContext) -> list[dict]:
         plan = make_plan(ctx)  # every refusal happens here, before anything is written
@@ -108,6 +159,12 @@ class Plan:
     flip: bool
     pad: int  # pixels of padding for the random crop (0: no augmentation)
     settings: dict  # what settings.json holds
+    rates: tuple[float, ...]  # the peak learning rates to train, ascending (one, or a list to choose from)
+
+    @property
+    def grid(self) -> bool:
+        """Whether the rate is chosen on val from a list (``-o lr=`` gave several)."""
+        return isinstance(self.settings["options"]["lr"], list)
 
 
 def make_plan(ctx: RunContext) -> Plan:
@@ -149,7 +206,8 @@ def make_plan(ctx: RunContext) -> Plan:
         "device": device_kind, "precision": precision,
     }
     return Plan(layer=layer, gen_weight=float(gen_weight), n_classes=int(labels.max()) + 1, batch=batch,
-                steps_per_epoch=len(train) // batch, flip=flip and pad > 0, pad=pad, settings=settings)
+                steps_per_epoch=len(train) // batch, flip=flip and pad > 0, pad=pad, settings=settings,
+                rates=tuple(rate_list(opts["lr"])))
 
 
 # -- the data -------------------------------------------------------------------------------------
@@ -242,6 +300,31 @@ def _cpu_state(module) -> dict:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
+def _write_json(path: Path, doc) -> None:
+    """``doc`` as JSON at ``path``, whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, folder: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BenchError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); delete {folder} to start afresh, "
+                         "or choose another --results folder or --tag") from None
+
+
+def _load_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged file: say which, and what to do
+        raise BenchError(f"cannot read {path} ({str(e).splitlines()[0][:120]}); delete its folder to train that "
+                         "rate again") from None
+
+
 class Finetuning:
     """One fine-tuning run: set up (or resume), train epoch by epoch, write the outputs."""
 
@@ -258,41 +341,113 @@ class Finetuning:
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:
-        import torch
+        import contextlib
+
         import torch.distributed as dist
 
+        from bench.lock import Busy, exclusive, holder
         from bench.runtime import autocast_for
 
         ctx, plan = self.ctx, self.plan
         folder = ctx.artifacts  # created only once the settings are known to fit
         if folder is None:
             ctx.artifacts_dir()  # raises the runner's message
-        self._check_settings(folder)
-        _, _, self.device, started_group = join_processes(self.device)
-        ctx.backbone.to(self.device)
-        backbone = ctx.backbone
-        original = _cpu_state(backbone.module)
+        # One process writes a folder at a time (rank 0 of a torchrun launch holds it for all).
+        guard = exclusive(folder, "fine-tuning into", wait=False) if self.main else contextlib.nullcontext()
         try:
-            if self.main:
-                ctx.artifacts_dir()
-                (folder / "settings.json").write_text(json.dumps(plan.settings, indent=1))
-            self._barrier()
-            torch.manual_seed(ctx.seed)
-            self.net = _net_class()(backbone, plan.layer, plan.n_classes, plan.gen_weight).to(self.device)
-            self.opt = self._optimizer()
-            state = self._resume(folder)
-            self.train_net = self.net
-            if self.world > 1:
-                self.train_net = torch.nn.parallel.DistributedDataParallel(
-                    self.net, find_unused_parameters=self._has_unused_parameters())
+            guard.__enter__()
+        except Busy:
+            raise BenchError(f"{folder} is being fine-tuned by {holder(folder)}; wait for it to finish (then the "
+                             "same command continues it) or choose another --results folder or --tag") from None
+        try:
+            self._check_folder(folder)
+            _, _, self.device, started_group = join_processes(self.device)
+            ctx.backbone.to(self.device)
+            backbone = ctx.backbone
+            self.original = _cpu_state(backbone.module)
             self.autocast = autocast_for(plan.settings["precision"], self.device)
-            records = self._train(folder, state)
+            try:
+                if self.main:
+                    ctx.artifacts_dir()
+                    _write_json(folder / "settings.json", plan.settings)
+                self._barrier()
+                if not plan.grid:
+                    state = self._fit(plan.rates[0], folder)
+                    return self._finish(folder, [(plan.rates[0], state)], 0)
+                fits = [(rate, self._fit_rate(rate, rate_folder(folder, rate))) for rate in plan.rates]
+                chosen = 0
+                for i, (_, state) in enumerate(fits):  # ascending rates: a tie keeps the smaller
+                    if state["best_top1"] > fits[chosen][1]["best_top1"]:
+                        chosen = i
+                rate, state = fits[chosen]
+                self.log(f"chose lr {rate:g}: val top-1 {state['best_top1']:.2f}% at epoch {state['best_epoch']} ("
+                         + ", ".join(f"{r:g}: {s['best_top1']:.2f}%" for r, s in fits) + ")")
+                if not hasattr(self, "net"):  # every rate had finished before this process started
+                    self._make_net(rate)
+                self.best_state = _load_weights(rate_folder(folder, rate) / "best.safetensors")
+                self.best_val_predicted = None  # scored again with the chosen weights
+                return self._finish(folder, fits, chosen)
+            finally:
+                backbone.module.load_state_dict(self.original)  # the runner's backbone is left as it came
+                backbone.module.eval()
+                if started_group:
+                    dist.destroy_process_group()
         finally:
-            backbone.module.load_state_dict(original)  # the runner's backbone is left as it came
-            backbone.module.eval()
-            if started_group:
-                dist.destroy_process_group()
-        return records
+            guard.__exit__(None, None, None)
+
+    def _make_net(self, rate: float) -> None:
+        """The network and optimizer of one rate, from the backbone's weights as the run got them
+        and the head's seeded initialisation: every rate starts from the same point."""
+        import torch
+
+        self.ctx.backbone.module.load_state_dict(self.original)
+        torch.manual_seed(self.ctx.seed)
+        plan = self.plan
+        self.rate = rate
+        self.net = _net_class()(self.ctx.backbone, plan.layer, plan.n_classes, plan.gen_weight).to(self.device)
+        self.opt = self._optimizer()
+
+    def _fit(self, rate: float, folder: Path) -> dict:
+        """Train at peak ``rate`` in ``folder`` (resuming from its last epoch checkpoint): the
+        training state, with the best epoch's weights in ``self.best_state``."""
+        import torch
+
+        self._make_net(rate)
+        state = self._resume(folder)
+        self.train_net = self.net
+        if self.world > 1:
+            self.train_net = torch.nn.parallel.DistributedDataParallel(
+                self.net, find_unused_parameters=self._has_unused_parameters())
+        return self._train(folder, state)
+
+    def _fit_rate(self, rate: float, folder: Path) -> dict:
+        """One rate of a list: trained (or resumed) in its own ``folder``, which then keeps only its
+        best weights (``best.safetensors``) and ``rate.json`` (its state); a finished rate is read back."""
+        done = folder / "rate.json"
+        if done.is_file() and (folder / "best.safetensors").is_file():
+            state = json.loads(done.read_text())["state"]
+            self.log(f"lr {rate:g}: finished before (val top-1 {state['best_top1']:.2f}% at epoch "
+                     f"{state['best_epoch']})")
+            return state
+        if self.main:
+            folder.mkdir(exist_ok=True)
+        self._barrier()
+        state = self._fit(rate, folder)
+        if self.main:
+            from safetensors.torch import save_file
+
+            save_file(self.best_state, str(folder / "best.safetensors.tmp"))
+            os.replace(folder / "best.safetensors.tmp", folder / "best.safetensors")
+            _write_json(done, {"settings": self._fit_settings(), "state": state})  # last: the rate is whole
+            for old in self._epoch_folders(folder):
+                shutil.rmtree(old)
+        self._barrier()
+        return state
+
+    def _fit_settings(self) -> dict:
+        """The settings a checkpoint of the rate being trained records: the run's, plus the rate
+        where it is one of a list."""
+        return {**self.plan.settings, "lr": self.rate} if self.plan.grid else self.plan.settings
 
     def _has_unused_parameters(self) -> bool:
         """Whether some trainable parameter gets no gradient (a timm classifier, blocks past the
@@ -314,19 +469,38 @@ class Finetuning:
 
             dist.barrier()
 
-    def _check_settings(self, folder: Path) -> None:
-        path = folder / "settings.json"
-        if not path.exists():
-            return
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            saved = {}
+    def _check_folder(self, folder: Path) -> None:
+        """Refuse a folder that ``settings.json``, any epoch checkpoint or any finished rate says was
+        written with other settings (resuming would continue another run's weights under this
+        run's name); nothing is written before this passes."""
         new = self.plan.settings
-        if saved != new:
-            diff = [k for k in new if saved.get(k) != new[k]] or ["format"]
-            raise BenchError(f"{folder} holds a fine-tune with other settings ({', '.join(diff)}); delete it to "
-                             "start afresh, or choose another --results folder or --tag")
+        path = folder / "settings.json"
+        if path.is_file():
+            saved = _read_json(path, folder)
+            if saved != new:
+                diff = [k for k in new if not isinstance(saved, dict) or saved.get(k) != new[k]] or ["format"]
+                raise BenchError(f"{folder} holds a fine-tune with other settings ({', '.join(diff)}); delete it to "
+                                 "start afresh, or choose another --results folder or --tag")
+        expected = {folder: new}
+        if self.plan.grid:
+            expected.update({rate_folder(folder, r): {**new, "lr": r} for r in self.plan.rates})
+        sources = [(ckpt / "settings.json", folder) for ckpt in self._epoch_folders(folder)]
+        for sub in sorted(p for p in folder.glob("lr-*") if p.is_dir()):
+            sources += [(ckpt / "settings.json", sub) for ckpt in self._epoch_folders(sub)]
+            if (sub / "rate.json").exists():
+                sources.append((sub / "rate.json", sub))
+        for source, owner in sources:
+            if not source.is_file():
+                raise BenchError(f"{source.parent} holds no settings (written by an older igpt-bench, or damaged); "
+                                 f"delete it to start that part afresh, or choose another --results folder or --tag")
+            saved = _read_json(source, folder)
+            if source.name == "rate.json":
+                saved = saved.get("settings") if isinstance(saved, dict) else None
+            want = expected.get(owner, {**new, "lr": None})
+            if saved != want:
+                diff = [k for k in want if not isinstance(saved, dict) or saved.get(k) != want[k]] or ["format"]
+                raise BenchError(f"{source} was written by a fine-tune with other settings ({', '.join(diff)}); "
+                                 f"delete {folder} to start afresh, or choose another --results folder or --tag")
 
     def _optimizer(self):
         import torch
@@ -335,7 +509,7 @@ class Finetuning:
         decay = [p for n, p in params if p.dim() >= 2]
         no_decay = [p for n, p in params if p.dim() < 2]
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.opts["weight_decay"]},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.opts["lr"])
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.rate)
 
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod
@@ -366,7 +540,7 @@ class Finetuning:
         return state
 
     def _save_epoch(self, folder: Path, state: dict) -> None:
-        """``epoch-NNNN/``: weights, best weights, optimizer and curves; whole or absent."""
+        """``epoch-NNNN/``: weights, best weights, optimizer, curves and settings; whole or absent."""
         import torch
         from safetensors.torch import save_file
 
@@ -378,6 +552,7 @@ class Finetuning:
         save_file(_cpu_state(self.net), str(tmp / "model.safetensors"))
         save_file(self.best_state, str(tmp / "best.safetensors"))
         torch.save({**state, "optimizer": self.opt.state_dict()}, tmp / "train_state.pt")
+        (tmp / "settings.json").write_text(json.dumps(self._fit_settings(), indent=1))
         os.replace(tmp, final)
         for old in self._epoch_folders(folder):
             if old != final:
@@ -438,17 +613,19 @@ class Finetuning:
 
             dist.all_reduce(tensor)
 
-    def _train(self, folder: Path, state: dict) -> list[dict]:
+    def _train(self, folder: Path, state: dict) -> dict:
+        """Train from ``state`` to the last epoch (or an early stop), saving each epoch in ``folder``;
+        the final training state."""
         import torch
 
         ctx, plan, opts = self.ctx, self.plan, self.opts
         epochs, per_epoch = opts["epochs"], plan.steps_per_epoch
         total = epochs * per_epoch
         warmup_steps = round(opts["warmup"] * total)
-        name = f"finetune {ctx.backbone.name}"
+        name = f"finetune {ctx.backbone.name}" + (f" · lr {self.rate:g}" if plan.grid else "")
         if state["epoch"] == 0:
             self.log(f"fine-tuning {ctx.backbone.name} on {plan.layer} features: {epochs} epochs x {per_epoch} "
-                     f"steps of {plan.batch}, gen_weight {plan.gen_weight:g}, augment "
+                     f"steps of {plan.batch}, lr {self.rate:g}, gen_weight {plan.gen_weight:g}, augment "
                      f"{'crop' + (' + flip' if plan.flip else '') if plan.pad else 'off'}, "
                      f"{plan.settings['precision']} on {self.device}")
         seen, seconds = 0, 0.0
@@ -468,7 +645,7 @@ class Finetuning:
                 for k, batch in enumerate(batches):
                     x, y = self._to_device(batch)
                     for group in self.opt.param_groups:
-                        group["lr"] = opts["lr"] * lr_factor((epoch - 1) * per_epoch + k, warmup_steps, total)
+                        group["lr"] = self.rate * lr_factor((epoch - 1) * per_epoch + k, warmup_steps, total)
                     with self.autocast:
                         loss, clf, gen = self.train_net(x, y)
                     self.opt.zero_grad(set_to_none=True)
@@ -510,7 +687,7 @@ class Finetuning:
         if seen:
             self.log(f"trained on {seen} images in {seconds:.1f} s: {seen / max(seconds, 1e-9):.0f} images/s "
                      "(the val passes not counted)")
-        return self._finish(folder, state)
+        return state
 
     # -- outputs ------------------------------------------------------------------------------
     def _keep_predictions(self) -> None:
@@ -527,14 +704,17 @@ class Finetuning:
             if predicted is not None:
                 self.ctx.keep_predictions(split, self.plan.layer, predicted)
 
-    def _finish(self, folder: Path, state: dict) -> list[dict]:
+    def _finish(self, folder: Path, fits: list[tuple[float, dict]], chosen: int) -> list[dict]:
+        """Score the chosen rate's best weights (``self.best_state``) on test, write the outputs,
+        and return the records; ``fits`` is every rate's (rate, final training state)."""
         from safetensors.torch import save_file
 
         ctx, plan = self.ctx, self.plan
+        rate, state = fits[chosen]
         self.net.load_state_dict(self.best_state)
         best = state["best_epoch"]
-        chosen = state["history"][best - 1]
-        val_correct, val_n = chosen["val_correct"], chosen["val_n"]
+        chosen_epoch = state["history"][best - 1]
+        val_correct, val_n = chosen_epoch["val_correct"], chosen_epoch["val_n"]
         test_correct, test_n = self._evaluate("test")
         self._keep_predictions()
         if self.main:
@@ -545,13 +725,20 @@ class Finetuning:
             summary = {"layer": plan.layer, "epoch": best, "val_top1": 100.0 * val_correct / val_n,
                        "test_top1": 100.0 * test_correct / test_n, "weights": str(weights),
                        "head": str(folder / "head.safetensors"), "history": state["history"]}
-            (folder / "finetune.json.tmp").write_text(json.dumps(summary, indent=1))
-            os.replace(folder / "finetune.json.tmp", folder / "finetune.json")
+            if plan.grid:
+                summary["lr"] = rate
+                summary["rates"] = [{"lr": r, "epoch": s["best_epoch"], "val_top1": s["best_top1"],
+                                     "history": s["history"]} for r, s in fits]
+            _write_json(folder / "finetune.json", summary)
             for old in self._epoch_folders(folder):
                 shutil.rmtree(old)
+            if plan.grid:  # every rate's curves are in finetune.json and the records; the chosen weights above
+                for r, _ in fits:
+                    shutil.rmtree(rate_folder(folder, r), ignore_errors=True)
             size = getattr(ctx.backbone, "image_size", None)
-            self.log(f"fine-tuned weights (epoch {best}): {weights}; probe them with -b {ctx.backbone.name} "
-                     f"--weights {weights}" + (f" --image-size {size}" if size else ""))
+            self.log(f"fine-tuned weights (epoch {best}" + (f", lr {rate:g}" if plan.grid else "") + f"): {weights}; "
+                     f"probe them with -b {ctx.backbone.name} --weights {weights}"
+                     + (f" --image-size {size}" if size else ""))
         self._barrier()
         layer = plan.layer
         records = [
@@ -561,15 +748,25 @@ class Finetuning:
              "stderr": binomial_se(test_correct, test_n), "n": test_n, "epoch": best},
             {"layer": layer, "split": "val", "metric": "epoch", "value": best, "stderr": None, "n": val_n},
         ]
+        if plan.grid:
+            records.append({"layer": layer, "split": "val", "metric": "lr", "value": rate, "stderr": None,
+                            "n": val_n})
         n_train = plan.steps_per_epoch * plan.batch
-        for h in state["history"]:
-            records.append({"layer": layer, "split": "train", "metric": "loss", "value": h["loss"], "stderr": None,
-                            "n": n_train, "epoch": h["epoch"], "curve": True})
-            if plan.gen_weight > 0:
-                for metric in ("clf_loss", "gen_loss"):
-                    records.append({"layer": layer, "split": "train", "metric": metric, "value": h[metric],
-                                    "stderr": None, "n": n_train, "epoch": h["epoch"], "curve": True})
-            records.append({"layer": layer, "split": "val", "metric": "top1", "value": h["val_top1"],
-                            "stderr": binomial_se(h["val_correct"], h["val_n"]), "n": h["val_n"],
-                            "epoch": h["epoch"], "curve": True})
+        for r, s in fits:
+            tag = {"lr": r} if plan.grid else {}
+            if plan.grid:  # this rate's best epoch by val: what the choice compared
+                top = s["history"][s["best_epoch"] - 1]
+                records.append({"layer": layer, "split": "val", "metric": "top1", "value": top["val_top1"],
+                                "stderr": binomial_se(top["val_correct"], top["val_n"]), "n": top["val_n"],
+                                "best_epoch": s["best_epoch"], "curve": True, **tag})
+            for h in s["history"]:
+                records.append({"layer": layer, "split": "train", "metric": "loss", "value": h["loss"],
+                                "stderr": None, "n": n_train, "epoch": h["epoch"], "curve": True, **tag})
+                if plan.gen_weight > 0:
+                    for metric in ("clf_loss", "gen_loss"):
+                        records.append({"layer": layer, "split": "train", "metric": metric, "value": h[metric],
+                                        "stderr": None, "n": n_train, "epoch": h["epoch"], "curve": True, **tag})
+                records.append({"layer": layer, "split": "val", "metric": "top1", "value": h["val_top1"],
+                                "stderr": binomial_se(h["val_correct"], h["val_n"]), "n": h["val_n"],
+                                "epoch": h["epoch"], "curve": True, **tag})
         return records
