@@ -97,6 +97,25 @@ def runtime_options(f):
     return wrapper
 
 
+def threads_option(f):
+    """``--threads`` on a command that computes: the count is resolved (a bad $BENCH_THREADS is a
+    one-line error) and applied once, before the command's work, and put back after it."""
+    from bench.runtime import MAX_THREADS
+
+    @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                  help="CPU threads to compute with (default: $BENCH_THREADS, else $OMP_NUM_THREADS, else the CPUs "
+                       "this process may use, by its affinity and cgroup quota; under torchrun, shared among the "
+                       "node's processes).")
+    @functools.wraps(f)
+    def wrapper(*args, threads, **kw):
+        from bench.runtime import using_threads
+
+        with using_threads(threads, "--threads"):
+            return f(*args, **kw)
+
+    return wrapper
+
+
 @click.group(context_settings=CONTEXT)
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
@@ -253,6 +272,7 @@ def datasets_list():
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Activation file to write (default: the cache, keyed by fingerprint).")
 @runtime_options
+@threads_option
 @precision_option
 @click.pass_context
 def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, layers, out, batch_size, device,
@@ -283,7 +303,9 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 @click.option("--weights", "weights", multiple=True,
               help="Weights file or folder (repeatable); a quoted glob such as 'RUN/checkpoints/*' runs every match, in step order.")
 @click.option("--image-size", type=click.IntRange(min=1, max=1024), default=None, help="Resize images to this square size before the backbone (default: the backbone's choice).")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for random init, --limit subsets and the task.")
+@click.option("--seed", "seeds", multiple=True, default=["0"], show_default=True, metavar="N|A..B",
+              help="Seed for random init, --limit subsets and the task; repeatable, or a range (0..4: seeds 0 to 4), "
+                   "one run per seed.")
 @click.option("--task", "-t", "task_names", multiple=True, required=True, help="Task name (repeatable); see `bench tasks list`.")
 @click.option("--dataset", "-d", "dataset_names", multiple=True, required=True, help="Dataset name (repeatable); see `bench datasets list`.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset files (else $BENCH_DATA_ROOT, else the system place).")
@@ -293,32 +315,41 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 @click.option("--tag", default=None, help="A label of yours for these runs (letters, digits, . _ + -): recorded, and keeps them apart from untagged runs.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the results JSON files.")
 @click.option("--rerun", is_flag=True, help="Run again even where --results holds a finished run with the same identity.")
+@click.option("--dry-run", is_flag=True, help="List the jobs the sweep would run, skip (done already) and refuse (a check fails); write nothing.")
 @runtime_options
+@threads_option
 @precision_option
 @click.pass_context
-def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, dataset_names, data_root, limit, layers,
-        task_options, tag, results_dir, rerun, batch_size, device, precision):
-    """Run tasks on backbones × weights × datasets; print a table per run, write one results file each.
+def run(ctx, backbone_names, pretrained, weights, image_size, seeds, task_names, dataset_names, data_root, limit,
+        layers, task_options, tag, results_dir, rerun, dry_run, batch_size, device, precision):
+    """Run tasks on backbones × weights × datasets × seeds; print a table per run, write one results file each.
 
     A run whose results file already exists with the same identity (fingerprint with weights,
     dataset, task options, layers, seed, limit, tag) is skipped. In a sweep, a failed run is
-    reported and the others go on; the exit code is 0 only when all succeeded.
+    reported and the others go on; the exit code is 0 only when all succeeded (with --dry-run:
+    when none would be refused).
 
     \b
     Example:
       bench run --backbone resnet18 --task linear-probe --dataset digits
       bench run -b igpt --weights 'runs/tiny/checkpoints/*' -t linear-probe -t bits-per-dim -d digits
       bench run -b pixels -b resnet18 -t linear-probe -d digits -d fashion-mnist --limit 2000
+      bench run -b resnet18 -t knn -d digits --limit 500 --seed 0..4 --dry-run
     """
     from bench import sweep
     from bench.job import Settings
     from bench.report import frame, render, run_table, study_tables
 
-    settings = Settings(layers=layers, data_root=data_root, limit=limit, seed=seed, tag=tag, batch_size=batch_size,
+    settings = Settings(layers=layers, data_root=data_root, limit=limit, tag=tag, batch_size=batch_size,
                         device=device, precision=precision, results_dir=results_dir, rerun=rerun, quiet=_quiet(ctx),
                         log=_log(ctx))
     plan = sweep.plan(backbones=backbone_names, datasets=dataset_names, tasks=task_names, weights=weights,
-                      pretrained=pretrained, image_size=image_size, task_options=task_options, settings=settings)
+                      pretrained=pretrained, image_size=image_size, task_options=task_options, seeds=seeds,
+                      settings=settings)
+    if dry_run:
+        _show_plan(sweep.dry_run(plan), ctx)
+        return
+    many_seeds = len({job.seed for job in plan.jobs}) > 1
 
     def show(outcome):
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 prints
@@ -334,17 +365,105 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
         title = f"{job.task} · {outcome.records[0]['backbone']}"
         title += f" · step {outcome.records[0]['step']}" if outcome.records[0].get("step") is not None else ""
         title += f" · {job.dataset}" + (f" (limit {limit})" if limit else "")
+        title += f" · seed {job.seed}" if many_seeds else ""
         render(run_table(outcome.records, outcome.task.columns), "table", title=title)
         click.echo(f"results{' (skipped: done already)' if outcome.status == 'skipped' else ''}: {outcome.path}")
 
-    def failed(failure):
-        click.echo(f"failed: {failure.job.describe()}: {failure.message}", err=True)
-
-    outcomes, failures = sweep.execute(plan, on_outcome=show, on_failure=failed)
+    outcomes, failures = sweep.execute(plan, on_outcome=show)
     if failures:
-        click.echo(f"{len(failures)} of {len(plan.jobs) + len(plan.studies)} runs failed (listed above); "
-                   f"{len(outcomes)} succeeded", err=True)
+        total = len(plan.jobs) + len(plan.studies)
+        for count, who, what in sweep.failure_lines(failures, total):  # one line per way of failing
+            click.echo(f"failed: {who}: {what}" if count == 1 else f"failed ({who}): {what}", err=True)
+        click.echo(f"{len(failures)} of {total} runs failed (listed above); {len(outcomes)} succeeded", err=True)
         ctx.exit(2 if all(f.user_error for f in failures) else 1)
+
+
+def _show_plan(planned, ctx) -> None:
+    """``bench run --dry-run``: a line per job (whole, never cut to the terminal's width), a count,
+    and the exit code the run would have for the refusals."""
+    for p in planned:
+        click.echo(f"{p.status:<6}  {p.job.describe()}: {p.path if p.path else p.message}")
+    counts = {status: sum(p.status == status for p in planned) for status in ("run", "skip", "refuse")}
+    click.echo(f"dry run, nothing written: would run {counts['run']}, skip {counts['skip']} (done already), refuse "
+               f"{counts['refuse']}")
+    refused = [p for p in planned if p.status == "refuse"]
+    if refused:
+        ctx.exit(2 if all(p.user_error for p in refused) else 1)
+
+
+# -- the activation cache -------------------------------------------------------------------------
+
+CACHE_HELP = "Activation cache folder (default: $BENCH_CACHE/activations, else ~/.cache/igpt-bench/activations)."
+
+
+@cli.group(context_settings=CONTEXT)
+def cache():
+    """What the activation cache holds, and removing what no results file uses.
+
+    \b
+    Example:
+      bench cache list --results bench-results
+      bench cache prune --results bench-results --dry-run
+    """
+
+
+@cache.command("list", context_settings=CONTEXT)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help=CACHE_HELP)
+@click.option("--results", "results_dirs", multiple=True, type=click.Path(),
+              help="Results folder (repeatable) whose runs' references to count (default: bench-results, if there).")
+def cache_list(cache_dir, results_dirs):
+    """List the cache's activation files: backbone, dataset, split, layers, size, last use, and how
+    many results files name each.
+
+    \b
+    Example:
+      bench cache list --results bench-results
+    """
+    from bench import cache as store_cache
+    from bench.report import render
+
+    if not results_dirs and Path("bench-results").is_dir():
+        results_dirs = ("bench-results",)
+    found = store_cache.entries(cache_dir, results_dirs or None)
+    root = store_cache.cache_root(cache_dir)
+    if not found:
+        click.echo(f"the cache {root} holds no activation files")
+        return
+    render(store_cache.table(found, bool(results_dirs)), "table", title=f"activation cache {root}")
+    total = sum(e.size for e in found)
+    line = f"{len(found)} files, {store_cache.human_size(total)}"
+    if results_dirs:
+        unused = [e for e in found if not e.references]
+        line += (f"; {len(unused)} of them ({store_cache.human_size(sum(e.size for e in unused))}) named by no "
+                 f"results file under {', '.join(results_dirs)} (bench cache prune removes those)")
+    else:
+        line += "; --results DIR counts which results files name each"
+    click.echo(line)
+
+
+@cache.command("prune", context_settings=CONTEXT)
+@click.option("--results", "results_dirs", multiple=True, required=True, type=click.Path(),
+              help="Results folder (repeatable): cache files its results files name are kept.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help=CACHE_HELP)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def cache_prune(results_dirs, cache_dir, dry_run):
+    """Remove the activation files (and partial extractions) no results file under --results
+    names; a file a running job is writing or reading is kept.
+
+    \b
+    Example:
+      bench cache prune --results bench-results --results old-results --dry-run
+    """
+    from bench import cache as store_cache
+
+    done = store_cache.prune(results_dirs, cache_dir, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for e in done.removed:
+        click.echo(f"{verb} {e.path} ({store_cache.human_size(e.size)})")
+    for e in done.in_use:
+        click.echo(f"kept (a running job holds it) {e.path}")
+    click.echo(f"{verb} {len(done.removed)} files ({store_cache.human_size(done.freed)}); kept {len(done.referenced)} "
+               f"named by results files and {len(done.in_use)} in use")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -353,25 +472,38 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seed, task_names, 
               help="Output format; html: one self-contained page with summary tables and the plots embedded.")
 @click.option("--best", is_flag=True, help="Mark each run's layer with the best val top-1 (a '*'; a 'best' column in CSV).")
 @click.option("--summary", "wide", is_flag=True,
-              help="Per dataset and task one row per run and layer, a column per split and metric (± over seeds, "
-                   "the best layer marked), as in the HTML page; instead of the tidy table.")
+              help="The summary (the default but for CSV): per dataset and task one row per run and layer, a column "
+                   "per split and metric, runs that differ only in seed as mean ± std with their seeds (n), the best "
+                   "layer marked; as in the HTML page.")
+@click.option("--long", "long_form", is_flag=True,
+              help="The tidy long form instead: one row per number (backbone, weights, step, layer, split, metric, "
+                   "value, stderr, seed, …); what CSV gives by default.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the report to this file (default: print it).")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="Also write PNG plots into this folder: accuracy by layer depth, low-data curves, fine-tune curves.")
-def report(paths, fmt_name, best, wide, out, plot_dir):
-    """Render results files (or folders of them) as one tidy table, grouped by run.
+@click.option("--per-class", "per_class", is_flag=True,
+              help="Add per-class test top-1 and a confusion matrix of each run's layer chosen by val (from the "
+                   "predictions kept beside its results file); with --plot or html, confusion-matrix plots too.")
+def report(paths, fmt_name, best, wide, long_form, out, plot_dir, per_class):
+    """Render results files (or folders of them): per dataset and task a table of run × layer.
 
-    Columns for weights, step, tag and limit appear where some run has them; a run id where the
-    other columns do not tell two runs apart.
+    Runs are ordered by what they are (checkpoints by step); runs that differ only in their seed
+    are one row per layer, mean ± std over the seeds, with how often each layer was chosen.
+    --long (and CSV) gives one row per number instead.
 
     \b
     Example:
-      bench report bench-results/ --format md --best
+      bench report bench-results/
+      bench report bench-results/ --format md
+      bench report bench-results/ --long --best
       bench report bench-results/ --format html --out report.html --plot plots/
     """
     from bench import api
     from bench.report import render_all, render_summary
 
+    if wide and long_form:
+        raise BenchError("--summary and --long ask for two layouts; choose one")
+    wide = wide or (not long_form and fmt_name != "csv")
     if out:
         from bench.store import check_writable
 
@@ -383,16 +515,24 @@ def report(paths, fmt_name, best, wide, out, plot_dir):
 
         check_writable(Path(plot_dir) / "probe-depth.png", "--plot folder")
     df = api.report(*paths, best=best)
+    if per_class:
+        from bench.paired import confusion_figures, per_class_tables, render_tables
+
+        classes, confusion = per_class_tables(df), confusion_figures(df) if fmt_name == "html" or plot_dir else {}
     if fmt_name == "html":
         from bench.html import page
 
-        text = page(df)
+        text = page(df, extra=classes, extra_figures=confusion) if per_class else page(df)
     else:
         text = render_summary(df, fmt_name) if wide else render_all(df, fmt_name)
+        if per_class:
+            more = render_tables(classes, fmt_name)  # printed here for ``table``
+            text = "\n".join(t.rstrip("\n") + "\n" for t in (text, more) if t) or None
     if plot_dir:
-        from bench.plots import write_all
+        from bench.plots import write_all, write_figures
 
-        for path in write_all(df, plot_dir) or ["(no data to plot)"]:
+        written = write_all(df, plot_dir) + (write_figures(confusion, plot_dir) if per_class else [])
+        for path in written or ["(no data to plot)"]:
             click.echo(f"plot: {path}", err=True)
     if out:
         from bench.records import atomic_write_bytes
@@ -405,20 +545,44 @@ def report(paths, fmt_name, best, wide, out, plot_dir):
 @cli.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt_name", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True, help="Output format.")
-def compare(paths, fmt_name):
+@click.option("--paired", "paired_only", is_flag=True,
+              help="Only the paired table (with --format csv, it instead of the side-by-side one: a CSV holds one table).")
+@click.option("--layers", "layer_pair", default=None,
+              help="A,B: pair layer B against layer A within each run instead (one run is enough), e.g. --layers h2,h4.")
+@click.option("--against", default=None, help="The run every Δ is against (a run id, results file or run label; default: the first in run order).")
+@click.option("--all-metrics", is_flag=True, help="Also compare the settings tasks chose (L2 strength, k, epoch).")
+def compare(paths, fmt_name, paired_only, layer_pair, against, all_metrics):
     """Put two or more runs (results files, or folders of them) side by side, with deltas
-    against the first and the layer each run's val top-1 chose.
+    against the first and the layer each run's val top-1 chose; then, on the same test examples,
+    each run against the first: McNemar's exact p and a 95% paired-bootstrap interval of the
+    difference (* where p < 0.05; runs on other examples keep their unpaired numbers and say why).
 
     \b
     Example:
       bench compare bench-results/pixels__digits__*.json bench-results/resnet18__digits__*.json
+      bench compare bench-results/igpt__digits__linear-probe__*.json --layers h2,h4
     """
     from bench import api
+    from bench.paired import PAIRED_TITLE, paired_view, parse_layer_pair
     from bench.report import render
 
-    text = render(api.compare(*paths), fmt_name, title="runs side by side (Δ: against the first)")
-    if text is not None:
-        click.echo(text.rstrip("\n"))
+    pair = parse_layer_pair(layer_pair)
+    sides = None if paired_only or pair is not None else api.compare_tables(*paths, against=against,
+                                                                             all_metrics=all_metrics)
+    pairs = None if fmt_name == "csv" and sides is not None else api.paired(*paths, layers=pair, against=against)
+    texts = []
+    for title, side in sides or []:
+        text = render(side if fmt_name == "csv" else side.drop(columns=["dataset", "task"]), fmt_name, title=title)
+        texts.append(text if fmt_name == "csv" or text is None else f"### {title}\n\n{text}" if fmt_name == "md"
+                     else text)
+    if pairs is not None and len(pairs):
+        text = render(pairs if fmt_name == "csv" else paired_view(pairs), fmt_name, title=PAIRED_TITLE)
+        texts.append(f"### {PAIRED_TITLE}\n\n{text}" if fmt_name == "md" else text)
+    elif pairs is not None and sides is None:
+        raise BenchError("nothing to pair: no linear-probe, knn or finetune runs among them")
+    text = "\n\n".join(t.rstrip("\n") for t in texts if t is not None)
+    if text:
+        click.echo(text)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -429,6 +593,7 @@ def compare(paths, fmt_name):
 @click.option("--cols", type=click.IntRange(min=1), default=8, show_default=True, help="Images per row of the grid.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file for the grid.")
 @runtime_options
+@threads_option
 @click.pass_context
 def sample(ctx, backbone, backbone_options, seed, n, temperature, top_k, cols, out, batch_size, device):
     """Draw unconditional samples from a generative backbone into a PNG grid.
@@ -453,6 +618,7 @@ def sample(ctx, backbone, backbone_options, seed, n, temperature, top_k, cols, o
 @click.option("--top-k", type=int, default=None, help="Sample only among the K most likely colors.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file: original | kept rows | completions per row.")
 @runtime_options
+@threads_option
 @click.pass_context
 def complete(ctx, backbone, backbone_options, seed, dataset, data_root, limit, split, n, keep_rows, samples,
              temperature,
@@ -505,6 +671,7 @@ def _int_list(ctx, param, value):
               help="Run the training step through torch.compile (pays on a GPU; the first step compiles; "
                    "a run may resume with or without it).")
 @click.pass_context
+@threads_option
 def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, warmup, weight_decay, grad_clip,
              save_at, colors, image_size, seed, out, device, precision, compile_):
     """Pretrain an Image GPT on a dataset (next-pixel prediction over a k-means palette).
@@ -535,6 +702,7 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for everything.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.pass_context
+@threads_option
 def demo(ctx, results_dir, steps, seed, device):
     """Pretrain a tiny iGPT on digits, probe it beside pixels and ResNet-18, draw completions.
 
@@ -571,6 +739,7 @@ def benchmark():
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layer names, or 'all'.")
 @click.option("--option", "-o", "task_options", multiple=True, help="linear-probe option KEY=VALUE (l2_grid, max_iter, patience).")
 @runtime_options
+@threads_option
 @click.pass_context
 def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, limit, layers, task_options, batch_size,
                     device):
@@ -598,6 +767,7 @@ def benchmark_probe(ctx, backbone, backbone_options, seed, dataset, data_root, l
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps of each precision.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--compile", "compile_", is_flag=True, help="Also time both precisions through torch.compile.")
+@threads_option
 def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device, compile_):
     """Pretraining step time under bf16 autocast (and torch.compile) vs fp32, same init and batch: speed ratio.
 
@@ -619,6 +789,7 @@ def benchmark_pretrain(backbone, image_size, colors, batch_size, steps, device, 
 @backbone_options
 @click.option("--n", "n", type=click.IntRange(min=1, max=1024), default=16, show_default=True, help="Images to sample (1..1024).")
 @runtime_options
+@threads_option
 def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
     """KV-cached sampling vs recomputing the whole prefix at every step: same tokens, speed ratio.
 
@@ -647,6 +818,7 @@ def benchmark_sample(backbone, backbone_options, seed, n, batch_size, device):
 @click.option("--no-sklearn", is_flag=True, help="Time ours only.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the synthetic features.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N] (ours).")
+@threads_option
 def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, no_sklearn, seed, device):
     """Our blocked cosine kNN vs scikit-learn brute force on synthetic features: time, memory, agreement.
 
@@ -680,8 +852,12 @@ def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, n
 @click.option("--profile", is_flag=True,
               help="Also run our side of each row once more under torch's profiler and print where its time "
                    "goes: the top operators (kernels on a GPU) by self time, as shares of that call's wall time.")
+@click.option("--busy", is_flag=True,
+              help="Run every row beside a process that keeps one of our CPUs busy, as on a shared machine "
+                   "(Linux); the same targets hold.")
 @click.pass_context
-def perf(ctx, quick, only, json_out, profile):
+@threads_option
+def perf(ctx, quick, only, json_out, profile, busy):
     """Our fast paths against the references, in one process: each row's two times, their ratio,
     the target, and a correctness check of the fast path against the reference.
 
@@ -692,6 +868,7 @@ def perf(ctx, quick, only, json_out, profile):
       bench perf --quick
       bench perf --json perf.json
       bench perf --only probe --profile
+      bench perf --busy --only sample --only probe
     """
     import json
 
@@ -702,10 +879,9 @@ def perf(ctx, quick, only, json_out, profile):
         from bench.store import check_writable
 
         check_writable(Path(json_out), "--json")
-    info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx), profile=profile)
+    info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx), profile=profile, busy=busy)
     click.echo(" · ".join(f"{k} {v}" for k, v in info.items() if v is not None))
-    render(perf_rows.table(rows), "table", title=f"bench perf{' --quick' if quick else ''} (ratio: reference time / ours; "
-                                                  "our rate / the reference's; memory: many / few images)")
+    render(perf_rows.table(rows, quick), "table", title=perf_rows.title(quick, info["busy cpu"]))
     if profile:
         profiled = perf_rows.profile_table(rows)
         if profiled.empty:
@@ -716,7 +892,7 @@ def perf(ctx, quick, only, json_out, profile):
     if json_out:
         from bench.records import atomic_write_bytes
 
-        doc = {"machine": info, "quick": quick, "rows": perf_rows.as_dicts(rows)}
+        doc = {"machine": info, "quick": quick, "busy": busy, "rows": perf_rows.as_dicts(rows)}
         click.echo(f"wrote {atomic_write_bytes(json_out, (json.dumps(doc, indent=1) + chr(10)).encode())}")
     failed = [r for r in rows if r.ok is False]
     if failed:
