@@ -214,7 +214,7 @@ CASES = [
     ("report layer number", ["report", "{results-layer-number}"], ["layer", "not text"]),
     ("report value bool", ["report", "{results-value-bool}"], ["value", "not a number"]),
     ("report records dict", ["report", "{results-records-dict}"], ["no list of records"]),
-    ("report step text", ["report", "{results-step-text}"], ["step", "not an integer"]),
+    ("report step text", ["report", "{results-step-text}"], ["step", "not a whole number"]),
     ("compare damaged files", ["compare", "{results-value-text}", "{results-no-metric}"], ["record 0"]),
     ("report not json", ["report", "{results-not-json}"], ["not a readable results file"]),
     ("report missing", ["report", "{tmp}/nothing-here"], ["does not exist"]),
