@@ -191,9 +191,12 @@ def _compute(p: Prepared, settings: Settings, t0: float, rank: int) -> Outcome:
 def _stamp(job: Job, settings: Settings, backbone: Backbone, identity: dict, layers: list[str], options: dict,
            data: dict[str, SplitData], acts: dict, cache: dict, raw: list[dict]) -> tuple[list[dict], dict]:
     """Records with the provenance stamped on, and the results file's ``run`` header."""
+    import torch
+
     config = {"backbone_options": job.options.to_dict(), "task_options": options, "layers": layers,
               "batch_size": settings.batch_size, "device": settings.device, "data_root": settings.data_root,
-              "precision": identity.get("precision", "fp32")}
+              "precision": identity.get("precision", "fp32"),
+              "threads": torch.get_num_threads()}  # CPU threads the run computed with: provenance, not identity
     stamp = {
         "backbone": backbone.name, "fingerprint": backbone.fingerprint, "weights": backbone.weights,
         "step": backbone.step, "tag": settings.tag, "run": run_id(identity), "dataset": job.dataset,

@@ -214,6 +214,8 @@ def record_problem(r) -> str:
         missing = [k for k in _STUDY_FIELDS.get(r["kind"], ()) if r.get(k) is None]
         if missing:
             return f"is a study record ({r['kind']}) without its {', '.join(missing)}"
+        if (r.get("lo") is None) != (r.get("hi") is None):
+            return "is a study record with one end of its interval (lo, hi)"
     return ""
 
 
