@@ -288,8 +288,7 @@ def cpu_bf16_hardware() -> str | None:
 
 def warn_slow_bf16(precision: str, device: str, log) -> None:
     """Log a warning when bf16 runs on a CPU without bf16 instructions: there autocast emulates
-    bf16, and it is slower than fp32, not faster (``bench perf``'s bf16 row on the 2-core AMD
-    EPYC, AVX2 only: iGPT-S forward 35.7 s under bf16 against 5.3 s in fp32)."""
+    bf16, and it is slower than fp32, not faster (figures: docs and ``bench perf``'s bf16 row)."""
     import platform
 
     if precision != "bf16" or str(device).startswith("cuda") or platform.machine().lower() not in ("x86_64", "amd64"):

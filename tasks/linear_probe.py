@@ -51,10 +51,8 @@ def standardize(train: np.ndarray, *others: np.ndarray, in_place: bool = False):
 
     The sums run over blocks of ``STANDARDIZE_ROWS`` rows: each block's column sums in float32
     (torch's vectorised cascade sum), the blocks' totals accumulated in float64, the squares of
-    one reused block buffer at a time. torch's float64 reductions are the slow path on the CPU
-    (Fashion-MNIST pixels' 54,000 x 784, 2-core AMD EPYC: sum(0, dtype=float64) 191 ms against
-    9 ms in float32, and the whole old standardize of train and val 2.05 s against 0.2 s now), and
-    every full-size temporary costs its page faults (~60 ms per 169 MB there)."""
+    one reused block buffer at a time. torch's float64 reductions are the slow path on the CPU,
+    and every full-size temporary costs its page faults."""
     import torch
 
     t = torch.as_tensor(train)
@@ -106,10 +104,8 @@ class LogisticRegressionLBFGS:
     The data are never rotated, only the weights: L-BFGS runs on U = Q^T W (where H0 and the
     scaling are diagonal in the features' directions), and each evaluation turns U into W and the
     gradient back, two d x d x classes products. Running on W instead, H0 and the stopping rule
-    went through Q: five such products a step (0.25 ms each for Fashion-MNIST pixels on the
-    2-core AMD EPYC, against ~38 ms for the evaluation itself). Rotating the features instead cost
-    an n x d x d product and a copy of X per fit's basis (Fashion-MNIST pixels: ~0.5 s and 169 MB
-    for train, again for train+val).
+    went through Q: five such products a step. Rotating the features instead cost an n x d x d
+    product and a copy of X per fit's basis.
     """
 
     def __init__(self, n_classes: int, max_iter: int = 1000, tol: float = 1e-4, device: str = "cpu"):
@@ -186,8 +182,7 @@ FEATURE_ALIGNMENT = 64  # bytes
 def as_features(X, device: str = "cpu"):
     """X as a contiguous tensor on ``device`` for the fits' products: shared with X where it can
     be, copied where its data do not start on a 64-byte boundary. oneDNN's gradient product reads
-    the features transposed and slows down off that boundary (54,000 x 784 on the 2-core AMD EPYC:
-    25-27 ms instead of 15 ms; 10,000 rows: 5.2 against 3.3 ms), and numpy's own allocations (a
+    the features transposed and slows down off that boundary, and numpy's own allocations (a
     fancy-indexed subset, an array from disk) start 16 bytes past one, where torch's start on one."""
     import torch
 
@@ -225,7 +220,7 @@ def kronecker_inverse(s, curvature, lam: float):
     A = R diag(a) R^T it is applied as (I (x) R) diag(1 / (s_j a_c + lam)) (I (x) R^T), a d x k x k
     product. Where the rows' probabilities differ, it is least right along the directions of
     largest variance, where the fits' gradients lingered longest: hence the whole block there.
-    Measured on Fashion-MNIST pixels' default grid (2-core AMD EPYC): the Kronecker part alone
+    Measured on Fashion-MNIST pixels' default grid: the Kronecker part alone
     took 312 L-BFGS evaluations instead of 394-456 with the bound's diag(s / 4 + lam) (the
     diagonal scaling, which bounds the largest softmax curvature, 1/4); digits: 82 instead of
     138. The block over the bias and 16 directions took that to 215-230 (from 285-306) and the
