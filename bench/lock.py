@@ -3,22 +3,23 @@
 Any number of `bench` processes may share a cache and a results folder. Before a process makes a
 file that others may also be making (an activation file, a results file), it takes the file's
 lock; the others wait, and when they get the lock they find the file finished and reuse it.
+Readers that must not see a file removed under them (``bench cache prune``) share the same lock.
 
-The lock is ``fcntl.flock`` on a hidden file beside the target, ``<folder>/.<name>.lock``, written by hand (some twenty
-lines) because no library we depend on says who holds a lock:
+The lock is ``fcntl.flock`` on a hidden file beside the target, ``<folder>/.<name>.lock``. It is
+written here rather than taken from ``filelock`` because filelock has no shared flock: its
+reader/writer lock is a separate SQLite database, which does not exclude a ``FileLock`` on the
+same path, and prune must exclude readers and writers alike. What the design relies on:
 
-- the kernel drops a flock when its holder exits, however it exits (SIGKILL, OOM, power loss of
-  the process), so there is no stale lock to detect or break on one host; on NFS, Linux maps flock
-  to the server's byte-range locks, which the server recovers when a client host dies;
-- the holder writes its host, pid and start time into the lock file, so a waiting process can say
-  whom it waits for;
-- HDF5's own file locking was not enough: it fails at once rather than waiting (the "unable to
-  lock file" users met), and it guards one open file, not the partial file -> finished file
-  sequence a writer goes through;
-- the holder deletes the lock file as it lets go, so none stay behind (but a killed holder's,
-  which is no lock, only a name the next holder reuses); a process that was waiting on the
-  deleted file sees (by its inode) that its lock is on a file no longer in place, and takes the
-  lock anew on the path.
+- the kernel drops a flock when its holder exits, however it exits (SIGKILL, OOM), so there is
+  no stale lock to detect or break on one host; on NFS, Linux maps flock to the server's
+  byte-range locks, which the server recovers when a client host dies;
+- the holder writes its host, pid and start time into the lock file, so a waiting process can
+  say whom it waits for;
+- HDF5's own file locking fails at once rather than waiting, and guards one open file, not the
+  partial file -> finished file sequence a writer goes through;
+- the holder deletes the lock file as it lets go, so none stay behind; a process that was waiting
+  on the deleted file sees (by its inode) that its lock is on a file no longer in place, and
+  takes the lock anew on the path.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.errors import BenchError
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no locks
+    fcntl = None
 
 
 def lock_path(path: str | Path) -> Path:
@@ -52,15 +58,12 @@ class Busy(BenchError):
     """Another process holds the lock (``exclusive(..., wait=False)``)."""
 
 
-@contextmanager
-def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 30.0, wait: bool = True):
-    """Hold the lock of ``path`` for the block; wait (logging every ``poll`` seconds whom for)
-    while another process holds it, or, with ``wait=False``, raise ``Busy`` at once."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock, as before this module existed
-        yield
-        return
+def _acquire(path: Path, mode: int, waiting, log, poll: float, wait: bool) -> int:
+    """Open ``path``'s lock file and flock it in ``mode`` (LOCK_EX or LOCK_SH); return the descriptor.
+
+    Waits while another process holds a conflicting lock, logging every ``poll`` seconds whom for,
+    or raises ``Busy`` at once with ``wait=False``; ``waiting(who)`` makes that log line. Retries where the file it locked was deleted
+    by the holder before it (its inode is no longer the path's)."""
     lp = lock_path(path)
     try:
         lp.parent.mkdir(parents=True, exist_ok=True)
@@ -76,36 +79,48 @@ def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 3
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if not wait:
-                        os.close(fd)
                         raise Busy(f"{path} is in use by {holder(path)}") from None
                     if waited is None or waited >= poll:
-                        log(f"waiting for {holder(path)}, which is {what} {path}")
+                        log(waiting(holder(path)))
                         waited = 0.0
                     time.sleep(0.2)
                     waited += 0.2
-            # The holder before us unlinks the file as it lets go: a lock on that old file is no lock.
             if os.fstat(fd).st_ino == os.stat(lp).st_ino:
-                break
+                return fd
         except FileNotFoundError:
-            pass
+            pass  # the holder before us deleted the file: take the lock anew on the path
+        except Busy:
+            os.close(fd)
+            raise
         except OSError as e:
             os.close(fd)
             if e.errno == errno.ESTALE:  # NFS: the file went away under us; take it anew
                 continue
-            lp.unlink(missing_ok=True)
+            if mode == fcntl.LOCK_EX:
+                lp.unlink(missing_ok=True)
             raise BenchError(f"cannot lock {lp} ({e.strerror or e}): its filesystem does not support file locks "
                              "(mount it with locking, e.g. Lustre's -o flock), or choose another folder") from None
         os.close(fd)
+
+
+@contextmanager
+def exclusive(path: str | Path, what: str, log=lambda msg: None, poll: float = 30.0, wait: bool = True):
+    """Hold the lock of ``path`` for the block; wait (logging every ``poll`` seconds whom for)
+    while another process holds it, or, with ``wait=False``, raise ``Busy`` at once."""
+    if fcntl is None:
+        yield
+        return
+    fd = _acquire(Path(path), fcntl.LOCK_EX, lambda who: f"waiting for {who}, which is {what} {path}", log, poll, wait)
     try:
         _stamp(fd)
         yield
     finally:
         try:
-            os.unlink(lp)  # still holding the lock: nobody can have taken this file since
+            os.unlink(lock_path(path))  # still holding the lock: nobody can have taken this file since
         except OSError:
             pass
         os.close(fd)  # closing the descriptor releases the lock
@@ -128,45 +143,11 @@ def shared(path: str | Path, what: str = "reading", log=lambda msg: None, poll: 
     """Hold the lock of ``path`` shared with other readers for the block: ``exclusive`` waits (or,
     ``wait=False``, is ``Busy``) until every reader let go. The last reader out deletes the lock
     file, as an exclusive holder does; one that is not the last leaves it to the others."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         yield
         return
     lp = lock_path(path)
-    try:
-        lp.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BenchError(f"cannot create {lp.parent} ({e.strerror or e}); choose another folder") from None
-    waited = None
-    while True:
-        try:
-            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise BenchError(f"cannot create the lock file {lp} ({e.strerror or e}); make its folder writable "
-                             "or choose another folder") from None
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if waited is None or waited >= poll:
-                        log(f"waiting for {holder(path)} before {what} {path}")
-                        waited = 0.0
-                    time.sleep(0.2)
-                    waited += 0.2
-            if os.fstat(fd).st_ino == os.stat(lp).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            os.close(fd)
-            if e.errno == errno.ESTALE:
-                continue
-            raise BenchError(f"cannot lock {lp} ({e.strerror or e}): its filesystem does not support file locks "
-                             "(mount it with locking, e.g. Lustre's -o flock), or choose another folder") from None
-        os.close(fd)
+    fd = _acquire(Path(path), fcntl.LOCK_SH, lambda who: f"waiting for {who} before {what} {path}", log, poll, True)
     try:
         yield
     finally:
@@ -181,9 +162,7 @@ def shared(path: str | Path, what: str = "reading", log=lambda msg: None, poll: 
 
 def held(path: str | Path) -> bool:
     """Whether a process holds the lock of ``path`` now (creates no lock file)."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return False
     try:
         fd = os.open(lock_path(path), os.O_RDONLY)
