@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -263,6 +264,33 @@ def describe_weights(options: BackboneOptions) -> str | None:
     return "pretrained" if options.pretrained else None
 
 
+def recorded_weights(loaded: str | None, named: str | None, results_dir: str | Path | None = None) -> str | None:
+    """The text a results file keeps for the weights a run ``loaded`` (an absolute path) from the
+    ``--weights`` the user ``named``: a relative name as given, extended to the checkpoint or file
+    loaded from it (``runs/fm/checkpoints/step-0005000``); a name that is no path (a hub id) as
+    given; an absolute name relative to the results folder or the working folder when the weights
+    lie under it, else from a ``bench pretrain`` run's folder on (``<run>/checkpoints/<step>``).
+    Labels ("pretrained", "random-init(seed=0)") pass unchanged. Provenance text, never identity
+    (the fingerprint holds the weights' digest): why, records are committed and shared, and one
+    machine's absolute paths name nothing on another."""
+    if not loaded or not named or not Path(loaded).is_absolute():
+        return loaded
+    path, given = Path(loaded), Path(named)
+    if not given.exists():  # a hub id names them
+        return named
+    if not given.is_absolute():
+        base = given.resolve()
+        if path == base or path.is_relative_to(base):
+            return (given / path.relative_to(base)).as_posix()
+        return os.path.relpath(path)
+    for root in ([Path(results_dir).resolve()] if results_dir is not None else []) + [Path.cwd().resolve()]:
+        if path.is_relative_to(root) and path != root:
+            return path.relative_to(root).as_posix()
+    if path.parent.name == "checkpoints":
+        return Path(path.parent.parent.name, "checkpoints", path.name).as_posix()
+    return path.name if (path / "checkpoints").is_dir() else loaded
+
+
 def weights_label(backbone: Backbone) -> str | None:
     """A short readable name for the weights, for file names: the checkpoint step, the weights
     file's stem, "pretrained"; None for a random init."""
@@ -282,7 +310,7 @@ def summary(backbone: Backbone, spec: DataSpec) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    _count_cpu_attention()
+    count_cpu_attention()
     module = backbone.module
     out = {"parameters": sum(p.numel() for p in module.parameters()) if module is not None else 0}
     x = backbone.preprocess(np.zeros((1, spec.height, spec.width, spec.channels), dtype=np.uint8))
@@ -293,7 +321,7 @@ def summary(backbone: Backbone, spec: DataSpec) -> dict:
     return out
 
 
-def _count_cpu_attention() -> None:
+def count_cpu_attention() -> None:
     """torch's flop counter knows the GPU attention kernels but not the CPU one that SDPA runs
     here (``_scaled_dot_product_flash_attention_for_cpu``); give it the same formula."""
     import torch

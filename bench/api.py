@@ -33,7 +33,8 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
         seed=0, layers="all", options=None, limit: int | None = None, data_root: str | None = None,
         tag: str | None = None, results: str | Path = "bench-results", cache: str | Path | None = None,
         batch_size: int = 256, device: str = "auto", precision: str = "fp32", rerun: bool = False,
-        dry_run: bool = False, threads: int | None = None, quiet: bool = True, log=None) -> pd.DataFrame:
+        dry_run: bool = False, threads: int | None = None, quiet: bool = True, log=None, shard=None,
+        submit: str | None = None, submit_options=None) -> pd.DataFrame:
     """Run ``task`` on ``backbone`` × ``dataset``; any of backbone, weights, task and dataset may be
     a list (a sweep over their product; a weights glob expands to every match in step order).
     Finished runs with the same identity in ``results`` are reused unless ``rerun``.
@@ -47,6 +48,12 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
     ``precision``: of the extraction forward, fp32 (default), bf16 or auto (bf16 on a GPU).
     ``threads``: CPU threads to compute with (default: $BENCH_THREADS, else the CPUs this process
     may use); the caller's count is put back after.
+    ``shard``: ``"K/N"`` or ``(K, N)``, 0 <= K < N: only share K of the sweep's jobs, dealt by
+    what each job is, so N processes over one ``results`` folder and cache run the whole sweep
+    (``bench.sweep.shard``); an empty share returns an empty frame.
+    ``submit``: "slurm" hands each job to Slurm through submitit and waits for them ("local":
+    submitit's executor on this machine, for testing); ``submit_options``: {key: value} or
+    ["key=value", ...] for the executor (``timeout_min``, ``gpus_per_node``, ``slurm_partition``).
     Returns the records of every job as one DataFrame; raises BenchError naming the failed jobs
     (after running all the others) when any failed.
     """
@@ -59,19 +66,35 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
                     options=options, limit=limit, data_root=data_root, tag=tag, results=results, cache=cache,
                     batch_size=batch_size, device=device, precision=precision, log=log)
     limit, batch_size, image_size = args["limit"], args["batch_size"], args["image_size"]
+    asked_threads = threads
     threads = resolve_threads(threads)  # a bad count is refused before anything else
+    share = sweep.parse_shard(shard)
+    runner = None
+    if submit is not None:
+        from bench import submit as submitting
+
+        params = submitting.parse_params(submit_options)
+        submitting.check(submit, params)
+        device = submitting.device_name(device) if submit == "slurm" else _device(device)  # on each job's node
+        runner = submitting.runner(submit, params, asked_threads, log)
+    elif submit_options:
+        raise BenchError("submit_options go with submit='slurm' (or 'local')")
+    else:
+        device = _device(device)
     settings = Settings(layers=layers, data_root=data_root, limit=limit, tag=tag,
-                        batch_size=batch_size, device=_device(device), precision=precision, results_dir=results,
+                        batch_size=batch_size, device=device, precision=precision, results_dir=results,
                         cache_dir=cache, rerun=rerun, quiet=quiet, log=log)
-    plan = sweep.plan(backbones=backbone, datasets=dataset, tasks=task, weights=_weights_list(weights),
-                      pretrained=pretrained, image_size=image_size, task_options=options or (), seeds=seed,
-                      settings=settings)
+    plan = sweep.shard(sweep.plan(backbones=backbone, datasets=dataset, tasks=task, weights=_weights_list(weights),
+                                  pretrained=pretrained, image_size=image_size, task_options=options or (), seeds=seed,
+                                  settings=settings), share)
     if dry_run:
         return pd.DataFrame([{"plan": p.status, "job": p.job.describe(), "seed": p.job.seed,
                               "path": None if p.path is None else str(p.path), "reason": p.message}
-                             for p in sweep.dry_run(plan)])
+                             for p in sweep.dry_run(plan)], columns=["plan", "job", "seed", "path", "reason"])
+    if not plan.jobs and not plan.studies:  # an empty shard
+        return frame([])
     with using_threads(threads):
-        outcomes, failures = sweep.execute(plan)
+        outcomes, failures = sweep.execute(plan, runner=runner)
     if failures:
         total = len(plan.jobs) + len(plan.studies)
         lines = sweep.failure_lines(failures, total)

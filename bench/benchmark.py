@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.linear_probe import _grid, probe_layer, standardize, top1
+from bench.metrics import top1
+from bench.probe_solver import standardize
+from tasks.linear_probe import parse_l2_grid, probe_layer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,7 +50,7 @@ def sklearn_probe(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, tol=1e-4):
 
 def compare_probes(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, patience=2):
     """Both probes on the same arrays: {"ours": (val, test, lam, seconds), "sklearn": (...)}."""
-    grid = _grid(grid) if isinstance(grid, str) else grid
+    grid = parse_l2_grid(grid) if isinstance(grid, str) else grid
     n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
     t = time.perf_counter()
     fit = probe_layer(Xtr, ytr, Xva, yva, Xte, yte, grid, n_classes, max_iter, patience=patience)

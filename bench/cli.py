@@ -6,6 +6,7 @@ traceback of anything else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from bench.distributed import is_main, launch
 from bench.errors import BenchError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -92,6 +94,10 @@ def runtime_options(f):
     def wrapper(*args, device, **kw):
         from bench.runtime import pick_device
 
+        if kw.get("submit") == "slurm":  # jobs handed to a cluster pick their device on their node
+            from bench.submit import device_name
+
+            return f(*args, device=device_name(device), **kw)
         return f(*args, device=pick_device(device), **kw)
 
     return wrapper
@@ -208,11 +214,11 @@ def backbones_show(name, dataset, data_root, pretrained, weights, image_size, se
 
 @cli.group(context_settings=CONTEXT)
 def tasks():
-    """List tasks.
+    """List tasks and show their options.
 
     \b
     Example:
-      bench tasks list
+      bench tasks show linear-probe
     """
 
 
@@ -228,6 +234,42 @@ def tasks_list():
 
     _registry_table(TASKS, "options (-o KEY=VALUE)", lambda obj: ", ".join(
         f"{k}={v.show(v.default)}" for k, v in getattr(obj, "options", {}).items()))
+
+
+@tasks.command("show", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown"]), default="table", show_default=True,
+              help="A terminal table, or the Markdown table the docs pages embed.")
+def tasks_show(name, fmt):
+    """Show task NAME: what it reads, its splits, and every option with its default and meaning.
+
+    \b
+    Example:
+      bench tasks show linear-probe
+    """
+    from bench.registry import TASKS
+
+    rows = option_rows(TASKS.get(name))
+    if fmt == "markdown":
+        click.echo("| option | default | meaning |\n|---|---|---|")
+        for key, default, meaning in rows:
+            cell = meaning.replace("|", "\\|")
+            click.echo(f"| `{key}` | `{default}` | {cell} |")
+        return
+    from rich.table import Table
+
+    task = TASKS.get(name)
+    t = Table("option (-o KEY=VALUE)", "default", "meaning",
+              title=f"{name}: {getattr(task, 'description', '')}")
+    for row in rows:
+        t.add_row(*row)
+    _console().print(t)
+    click.echo(f"reads: {getattr(task, 'reads', 'activations')}; splits: {', '.join(getattr(task, 'splits', ()))}")
+
+
+def option_rows(task) -> list[tuple[str, str, str]]:
+    """(option, default as a user types it, help line) for each option a task declares, in order."""
+    return [(key, opt.show(opt.default), opt.help) for key, opt in getattr(task, "options", {}).items()]
 
 
 def _registry_table(registry, extra_header, extra):
@@ -292,7 +334,7 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
     acts = api.extract(backbone, dataset, split, layers=layers, weights=backbone_options.weights,
                        pretrained=backbone_options.pretrained, image_size=backbone_options.image_size, seed=seed, limit=limit, data_root=data_root, out=out,
                        batch_size=batch_size, device=device, precision=precision, quiet=_quiet(ctx), log=_log(ctx))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+    if is_main():  # under torchrun, rank 0 reports
         click.echo(f"{acts.how}: {acts.path} ({acts.n_rows} rows; layers {', '.join(acts.layers)})")
 
 
@@ -316,12 +358,16 @@ def extract(ctx, backbone, backbone_options, seed, dataset, data_root, limit, sp
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True, help="Folder for the results JSON files.")
 @click.option("--rerun", is_flag=True, help="Run again even where --results holds a finished run with the same identity.")
 @click.option("--dry-run", is_flag=True, help="List the jobs the sweep would run, skip (done already) and refuse (a check fails); write nothing.")
+@click.option("--shard", metavar="K/N", default=None, help="Run only share K of N (0 <= K < N) of the sweep's jobs, dealt by what each job is: N processes (a Slurm job array, N shells) over one --results folder and cache run it all; see docs/cluster.md.")
+@click.option("--submit", type=click.Choice(["slurm", "local"]), default=None, help="Hand each job to Slurm through submitit (pip install 'igpt-bench[cluster]') and wait for them; local: submitit's executor on this machine, for testing.")
+@click.option("--submit-option", "-S", "submit_options", multiple=True, metavar="KEY=VALUE", help="submitit executor parameter (repeatable), e.g. -S timeout_min=240 -S gpus_per_node=1 -S slurm_partition=gpu.")
 @runtime_options
 @threads_option
 @precision_option
 @click.pass_context
 def run(ctx, backbone_names, pretrained, weights, image_size, seeds, task_names, dataset_names, data_root, limit,
-        layers, task_options, tag, results_dir, rerun, dry_run, batch_size, device, precision):
+        layers, task_options, tag, results_dir, rerun, dry_run, shard, submit, submit_options, batch_size, device,
+        precision):
     """Run tasks on backbones × weights × datasets × seeds; print a table per run, write one results file each.
 
     A run whose results file already exists with the same identity (fingerprint with weights,
@@ -335,17 +381,39 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seeds, task_names,
       bench run -b igpt --weights 'runs/tiny/checkpoints/*' -t linear-probe -t bits-per-dim -d digits
       bench run -b pixels -b resnet18 -t linear-probe -d digits -d fashion-mnist --limit 2000
       bench run -b resnet18 -t knn -d digits --limit 500 --seed 0..4 --dry-run
+      bench run -b resnet18 -t knn -d digits --seed 0..9 --shard 0/2     (and 1/2 elsewhere)
+      bench run -b igpt --weights 'runs/tiny/checkpoints/*' -t correlation -d digits --submit slurm -S timeout_min=120
     """
     from bench import sweep
     from bench.job import Settings
     from bench.report import frame, render, run_table, study_tables
 
+    share = sweep.parse_shard(shard)
+    runner = None
+    if submit:
+        from bench import submit as submitting
+
+        params = submitting.parse_params(submit_options)
+        submitting.check(submit, params)
+        runner = submitting.runner(submit, params, ctx.params.get("threads"), _log(ctx))
+    elif submit_options:
+        raise BenchError("--submit-option goes with --submit slurm (or --submit local)")
     settings = Settings(layers=layers, data_root=data_root, limit=limit, tag=tag, batch_size=batch_size,
                         device=device, precision=precision, results_dir=results_dir, rerun=rerun, quiet=_quiet(ctx),
                         log=_log(ctx))
-    plan = sweep.plan(backbones=backbone_names, datasets=dataset_names, tasks=task_names, weights=weights,
-                      pretrained=pretrained, image_size=image_size, task_options=task_options, seeds=seeds,
-                      settings=settings)
+    plan = sweep.shard(sweep.plan(backbones=backbone_names, datasets=dataset_names, tasks=task_names,
+                                  weights=weights, pretrained=pretrained, image_size=image_size,
+                                  task_options=task_options, seeds=seeds, settings=settings), share)
+    if share:
+        mine = len(plan.jobs) - len(plan.others) + len(plan.studies)
+        line = f"shard {share[0]}/{share[1]}: {mine} of the sweep's {plan.total} job{'s' * (plan.total != 1)}"
+        line += f", and {len(plan.others)} of other shards' that its studies need" if plan.others else ""
+        if dry_run or not mine:
+            click.echo(line + ("" if mine else "; nothing to do"))
+        else:
+            _log(ctx)(line)
+        if not mine:
+            return
     if dry_run:
         _show_plan(sweep.dry_run(plan), ctx)
         return
@@ -369,7 +437,7 @@ def run(ctx, backbone_names, pretrained, weights, image_size, seeds, task_names,
         render(run_table(outcome.records, outcome.task.columns), "table", title=title)
         click.echo(f"results{' (skipped: done already)' if outcome.status == 'skipped' else ''}: {outcome.path}")
 
-    outcomes, failures = sweep.execute(plan, on_outcome=show)
+    outcomes, failures = sweep.execute(plan, on_outcome=show, runner=runner)
     if failures:
         total = len(plan.jobs) + len(plan.studies)
         for count, who, what in sweep.failure_lines(failures, total):  # one line per way of failing
@@ -382,7 +450,8 @@ def _show_plan(planned, ctx) -> None:
     """``bench run --dry-run``: a line per job (whole, never cut to the terminal's width), a count,
     and the exit code the run would have for the refusals."""
     for p in planned:
-        click.echo(f"{p.status:<6}  {p.job.describe()}: {p.path if p.path else p.message}")
+        where = f"{p.path} ({p.message})" if p.path and p.message else p.path or p.message
+        click.echo(f"{p.status:<6}  {p.job.describe()}: {where}")
     counts = {status: sum(p.status == status for p in planned) for status in ("run", "skip", "refuse")}
     click.echo(f"dry run, nothing written: would run {counts['run']}, skip {counts['skip']} (done already), refuse "
                f"{counts['refuse']}")
@@ -505,13 +574,13 @@ def report(paths, fmt_name, best, wide, long_form, out, plot_dir, per_class):
         raise BenchError("--summary and --long ask for two layouts; choose one")
     wide = wide or (not long_form and fmt_name != "csv")
     if out:
-        from bench.store import check_writable
+        from bench.files import check_writable
 
         if fmt_name == "table":
             raise BenchError("--out writes md, csv or html; add --format md (or csv, html)")
         check_writable(out, "--out")
     if plot_dir:
-        from bench.store import check_writable
+        from bench.files import check_writable
 
         check_writable(Path(plot_dir) / "probe-depth.png", "--plot folder")
     df = api.report(*paths, best=best)
@@ -535,7 +604,7 @@ def report(paths, fmt_name, best, wide, long_form, out, plot_dir, per_class):
         for path in written or ["(no data to plot)"]:
             click.echo(f"plot: {path}", err=True)
     if out:
-        from bench.records import atomic_write_bytes
+        from bench.files import atomic_write_bytes
 
         click.echo(f"wrote {atomic_write_bytes(out, (text or '').encode())}")
     elif text is not None:
@@ -692,7 +761,7 @@ def pretrain(ctx, backbone, dataset, data_root, limit, steps, batch_size, lr, wa
                       seed=seed, limit=limit, colors=colors, image_size=image_size, data_root=data_root,
                       precision=precision)
     final = do_pretrain(cfg, out, device=pick_device(device), quiet=_quiet(ctx), log=_log(ctx), compile=compile_)
-    if final is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+    if final is not None and is_main():  # under torchrun, rank 0 reports
         click.echo(f"checkpoint: {final}")
 
 
@@ -713,9 +782,9 @@ def demo(ctx, results_dir, steps, seed, device):
     from pathlib import Path
 
     from bench.demo import demo as do_demo
+    from bench.files import check_writable
     from bench.report import render
     from bench.runtime import pick_device
-    from bench.store import check_writable
 
     check_writable(Path(results_dir) / "x.json", "--results folder")
     result = do_demo(results_dir, steps, seed, pick_device(device), _quiet(ctx), _log(ctx))
@@ -829,10 +898,10 @@ def benchmark_knn(n_train, n_query, dim, classes, ks, temperature, block_size, n
     from bench.benchmark import knn_benchmark
     from bench.report import render
     from bench.runtime import pick_device
-    from tasks.knn import _ks
+    from tasks.knn import parse_ks
 
     try:
-        k_values = _ks(ks)
+        k_values = parse_ks(ks)
     except ValueError as e:
         raise click.BadParameter(f"{ks!r}: {e}", param_hint="-k") from None
     if k_values[-1] > n_train:
@@ -876,7 +945,7 @@ def perf(ctx, quick, only, json_out, profile, busy):
     from bench.report import render
 
     if json_out:
-        from bench.store import check_writable
+        from bench.files import check_writable
 
         check_writable(Path(json_out), "--json")
     info, rows = perf_rows.run(quick=quick, only=set(only), log=_log(ctx), profile=profile, busy=busy)
@@ -890,7 +959,7 @@ def perf(ctx, quick, only, json_out, profile, busy):
             render(profiled, "table", title="where our time goes: one more call of our side under torch's profiler "
                                             "(self time; share of that call's wall time, the profiler's own cost included)")
     if json_out:
-        from bench.records import atomic_write_bytes
+        from bench.files import atomic_write_bytes
 
         doc = {"machine": info, "quick": quick, "busy": busy, "rows": perf_rows.as_dicts(rows)}
         click.echo(f"wrote {atomic_write_bytes(json_out, (json.dumps(doc, indent=1) + chr(10)).encode())}")
@@ -917,6 +986,28 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def say_error(line: str, code: int) -> None:
+    """A user error's one line on stderr. Under torchrun every process meets the same error (the
+    checks are alike on each, and an error during the work is shared by all): rank 0 prints it,
+    saying how to read the launcher's report that follows, and every rank puts it in the
+    launcher's error file, so that report names it for each process instead of a bare exit code."""
+    import json
+    import time
+
+    rank, world = launch()
+    recorded = False
+    if world > 1 and os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        with contextlib.suppress(OSError):
+            Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text(json.dumps(
+                {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}))
+            recorded = True
+    if recorded and rank == 0:
+        line += (f" [torchrun: the {world} processes stop alike (exit {code}); the launcher's ChildFailedError "
+                 "report below repeats this line per process]")
+    if rank == 0 or not recorded:  # a launcher without an error file: each process says it
+        click.echo(line, err=True)
+
+
 def main(argv=None) -> None:
     """Entry point: one-line errors with exit code 2, tracebacks only with --debug."""
     argv = global_flags_first(list(sys.argv[1:] if argv is None else argv))
@@ -941,13 +1032,13 @@ def main(argv=None) -> None:
     except BenchError as e:
         if debug:
             raise
-        click.echo(f"error: {one_line(str(e))}", err=True)
+        say_error(f"error: {one_line(str(e))}", e.exit_code)
         sys.exit(e.exit_code)
     except click.exceptions.UsageError as e:
         if debug:
             raise
         where = f"`{e.ctx.command_path} --help`" if e.ctx else "`bench --help`"
-        click.echo(f"error: {one_line(e.format_message())} (see {where})", err=True)
+        say_error(f"error: {one_line(e.format_message())} (see {where})", 2)
         sys.exit(2)
     except click.exceptions.Abort:  # click's form of Ctrl-C (and of our SIGTERM)
         click.echo("interrupted; rerun the same command to resume", err=True)

@@ -8,36 +8,13 @@ import numpy as np
 
 from backbones.base import Backbone
 from bench.datasets import SplitData
+from bench.distributed import Group, join_processes
+from bench.files import check_writable
+from bench.identity import activation_identity
 from bench.provenance import git_commit, now, versions
 from bench.runtime import progress_bar
-from bench.store import (
-    ActivationFile,
-    Group,
-    cache_path,
-    check_writable,
-    find_superset,
-    open_activations,
-    shard_rows,
-    write_activations,
-)
-
-
-def identity_of(backbone: Backbone, data: SplitData, layers: list[str], limit: int | None, seed: int,
-                precision: str = "fp32") -> dict:
-    """What makes an activation file: ``precision`` appears only where it is not fp32 (bf16
-    autocast features are other numbers; fp32 files keep the identity they always had)."""
-    extra = {"precision": precision} if precision != "fp32" else {}
-    return {
-        "backbone": backbone.name,
-        "fingerprint": backbone.fingerprint,
-        "dataset": data.info["dataset"],
-        "split": data.info["split"],
-        "limit": limit,
-        "seed": seed if limit is not None else None,
-        "layers": list(layers),
-        "data_digest": data.digest,
-        **extra,
-    }
+from bench.store import ActivationFile, cache_path, find_superset, open_activations
+from bench.store_writer import shard_rows, write_activations
 
 
 def extract(
@@ -57,14 +34,14 @@ def extract(
 ) -> tuple[ActivationFile, str]:
     """Stream ``backbone``'s pooled features for ``data`` into an HDF5 file (cached by default).
     ``precision``: fp32, or bf16 (autocast around the forward; stored as float32)."""
-    from bench.runtime import autocast_for, join_processes, resolve_precision, warn_slow_bf16
+    from bench.runtime import autocast_for, resolve_precision, warn_slow_bf16
 
     precision = resolve_precision(precision, device)
     rank, world, device, _ = join_processes(device)  # under torchrun each rank extracts a shard of rows
     if rank == 0:
         warn_slow_bf16(precision, device, log)
     layers = backbone.check_layers(layers)
-    ident = identity_of(backbone, data, layers, limit, seed, precision)
+    ident = activation_identity(backbone, data, layers, limit, seed, precision)
     if not out:
         found = find_superset(ident, cache_dir, log) if rank == 0 else None
         shared = Group(rank, world).share(found.path if found else None)  # rank 0 decides for all

@@ -45,13 +45,42 @@ class Extractor:
             if not path:
                 raise ValueError("inception needs its weights file: inception:PATH (a .pth state dict or "
                                  ".safetensors of torch-fidelity's InceptionV3); nothing is downloaded")
-            if not Path(path).is_file():
-                raise ValueError(f"Inception weights {path} do not exist")
-            return cls(kind, str(Path(path).resolve()))
+            return cls(kind, str(inception_file(Path(path).expanduser()).resolve()))
         raise ValueError("choose classifier, pixels or inception:PATH")
 
     def __str__(self) -> str:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the name torch-fidelity downloads it under
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def inception_file(path: Path) -> Path:
+    """The Inception weights file ``inception:PATH`` names: the file itself, or in a folder the one
+    weights file it holds (torch-fidelity's own name first, so its cache folder works as it is).
+    ValueError saying what is missing otherwise."""
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise ValueError(f"Inception weights {path} do not exist; pass the weights file (e.g. {INCEPTION_FILE}) or "
+                         "the folder that holds it")
+    if not path.is_dir():
+        raise ValueError(f"Inception weights {path} are neither a file nor a folder")
+    if (path / INCEPTION_FILE).is_file():
+        return path / INCEPTION_FILE
+    try:
+        found = sorted(f for f in path.iterdir() if f.suffix in WEIGHTS_SUFFIXES and f.is_file())
+    except OSError as e:
+        raise ValueError(f"cannot list the folder {path} ({e.strerror or e})") from None
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"the folder {path} holds no weights file ({', '.join(WEIGHTS_SUFFIXES)}); put "
+                         f"torch-fidelity's {INCEPTION_FILE} there or pass the file itself")
+    names = ", ".join(f.name for f in found[:3]) + (", ..." if len(found) > 3 else "")
+    raise ValueError(f"the folder {path} holds {len(found)} weights files ({names}); pass the one to use: "
+                     f"inception:{found[0]}")
 
 
 def _register() -> None:

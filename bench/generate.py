@@ -20,7 +20,7 @@ def generative_backbone(name: str, options: BackboneOptions, spec: DataSpec, dev
 
 
 def check_png(out) -> None:
-    from bench.store import check_writable
+    from bench.files import check_writable
 
     if not str(out).lower().endswith(".png"):
         raise BenchError(f"--out {out} must name a .png file")

@@ -26,7 +26,7 @@ def save_grid(images: np.ndarray, cols: int, path: str | Path, scale: int | None
         canvas[y : y + H, x : x + W] = big
     import io
 
-    from bench.records import atomic_write_bytes
+    from bench.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     Image.fromarray(canvas).save(buffer, format="PNG")

@@ -1,6 +1,6 @@
 """One job: dataset -> backbone -> (activation files, cached) -> task -> one results file.
 
-A job is identified by what it measures (``bench.records.result_identity``); a finished results
+A job is identified by what it measures (``bench.identity.result_identity``); a finished results
 file with the same identity is reused rather than recomputed unless ``rerun`` is set. Sweeps over
 many jobs live in ``bench.sweep``; the Python API in ``bench.api``.
 """
@@ -15,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from backbones.base import Backbone, BackboneOptions, DataSpec, create_backbone, weights_label
+from backbones.base import Backbone, BackboneOptions, DataSpec, create_backbone, recorded_weights, weights_label
 from bench import layers as selection
 from bench.datasets import SplitData, load_split
+from bench.distributed import Group, join_processes
 from bench.errors import BenchError
-from bench.extract import extract, identity_of
+from bench.extract import extract
+from bench.files import check_writable
+from bench.identity import activation_identity, result_identity
 from bench.lock import exclusive
 from bench.provenance import git_commit, now, versions
-from bench.records import finished_run, result_identity, results_path, run_id, write_results
+from bench.records import finished_run, results_path, run_id, write_results
 from bench.registry import TASKS
-from bench.runtime import join_processes
-from bench.store import Group, cache_path, check_writable
+from bench.store import cache_path
 from tasks.base import RunContext, Task
 
 
@@ -122,6 +124,8 @@ def prepare(job: Job, settings: Settings) -> Prepared:
         task=job.task, options=options, layers=layers, seed=job.seed, limit=settings.limit, tag=settings.tag,
         precision=precision)
     out = results_path(settings.results_dir, backbone.name, weights_label(backbone), identity)
+    # records keep the weights as named (provenance text), not this machine's absolute path
+    backbone.weights = recorded_weights(backbone.weights, job.options.weights, settings.results_dir)
     return Prepared(job, task, options, splits, data, backbone, layers, precision, identity, out)
 
 
@@ -193,7 +197,9 @@ def _stamp(job: Job, settings: Settings, backbone: Backbone, identity: dict, lay
     """Records with the provenance stamped on, and the results file's ``run`` header."""
     import torch
 
-    config = {"backbone_options": job.options.to_dict(), "task_options": options, "layers": layers,
+    named = job.options.to_dict()
+    named["weights"] = recorded_weights(named["weights"], job.options.weights, settings.results_dir)
+    config = {"backbone_options": named, "task_options": options, "layers": layers,
               "batch_size": settings.batch_size, "device": settings.device, "data_root": settings.data_root,
               "precision": identity.get("precision", "fp32"),
               "threads": torch.get_num_threads()}  # CPU threads the run computed with: provenance, not identity
@@ -226,7 +232,7 @@ def _extract_held(held: contextlib.ExitStack, backbone, data, layers, settings: 
     after, and a file pruned in between is extracted again."""
     from bench.cache import reading
 
-    expected = cache_path(identity_of(backbone, data, backbone.check_layers(layers), settings.limit, seed, precision),
+    expected = cache_path(activation_identity(backbone, data, backbone.check_layers(layers), settings.limit, seed, precision),
                           settings.cache_dir)
     held.enter_context(reading(expected, log))
     for _ in range(3):

@@ -58,7 +58,7 @@ def write_predictions(results: str | Path, run: str, data: dict, digests: dict, 
     """Write ``kept`` ({(split, layer): predicted classes}) for the results file ``results`` of run
     ``run``, with each split's sample indices and labels (``data[split]``) and digest
     (``digests[split]``), atomically; returns the header entry that names it: {file, sha256}."""
-    from bench.records import atomic_write_bytes
+    from bench.files import atomic_write_bytes
 
     splits: dict[str, dict] = {}
     arrays = {}

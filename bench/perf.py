@@ -98,8 +98,7 @@ def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warm
     """Median wall seconds of each contender over ``repeat`` rounds, one call of each per round
     (after one untimed round where ``warmup``; on a GPU, each call waited for): on a shared machine
     whose speed drifts over tens of seconds, alternating puts both sides of a ratio under the same
-    conditions, where timing one side's repeats and then the other's does not (2-core host: the
-    same sampler took 12.3-14.8 s between runs)."""
+    conditions, where timing one side's repeats and then the other's does not."""
     import torch
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
@@ -302,7 +301,9 @@ def probe_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
 
     from bench.datasets import load_split
     from bench.errors import BenchError
-    from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, objective, probe_layer, standardize
+    from bench.probe_loss import objective
+    from bench.probe_solver import LogisticRegressionLBFGS, standardize
+    from tasks.linear_probe import DEFAULT_GRID, probe_layer
 
     dataset = "digits" if quick else "fashion-mnist"
     try:
@@ -396,8 +397,8 @@ def sampling_rows(quick: bool, profile: bool = False) -> list[Row]:
         recompute = quick or tokens <= 256  # recomputation is quadratic: the long rows would take many minutes
         contenders = _samplers(model, ref, prefix, sos, tokens, recompute, out)
         with torch.inference_mode():  # as generate runs; transformers' generate too
-            # a round of the short row takes ~9 s (five rounds: over three, its ratio ranged
-            # 9.2-11.0x between runs), of a long one about a minute
+            # five rounds of the short row steady its ratio; two of a long one, whose rounds are
+            # several times longer, keep the full mode's time in check
             t = _interleaved_medians(contenders, 1 if quick else 5 if tokens <= 256 else 2, warmup=False)
             # our sampler's profile goes with the setting's first row
             profiled = _profile(contenders["cache"]) if profile else None
@@ -486,9 +487,9 @@ def _counted(fn):
     taught the CPU attention kernel first."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from backbones.base import _count_cpu_attention
+    from backbones.base import count_cpu_attention
 
-    _count_cpu_attention()
+    count_cpu_attention()
     counter = FlopCounterMode(display=False)
     with counter:
         out = fn()
@@ -507,8 +508,10 @@ def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> lis
 
     from backbones.igpt.model import IGPTConfig, ImageGPT
     from backbones.igpt.train import train_step
+    from bench.probe_loss import objective
+    from bench.probe_solver import LogisticRegressionLBFGS, standardize
     from bench.runtime import autocast_for
-    from tasks.linear_probe import DEFAULT_GRID, LogisticRegressionLBFGS, objective, probe_layer, standardize
+    from tasks.linear_probe import DEFAULT_GRID, probe_layer
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     # (layers, width, heads, tokens, batch)

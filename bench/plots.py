@@ -445,7 +445,7 @@ def png_bytes(fig) -> bytes:
 
 def write_figures(figs: dict, folder: str | Path) -> list[Path]:
     """Save {name: Figure} as ``<folder>/<name>.png`` (written atomically)."""
-    from bench.records import atomic_write_bytes
+    from bench.files import atomic_write_bytes
 
     return [atomic_write_bytes(Path(folder) / f"{name}.png", png_bytes(fig)) for name, fig in figs.items()]
 

@@ -13,10 +13,10 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.files import atomic_write_bytes
 
 RESULTS_FORMAT = "igpt-bench/results"
 RESULTS_VERSION = 2
@@ -30,18 +30,6 @@ def check_tag(tag: str | None) -> str | None:
         raise BenchError(f"--tag {tag!r} must be 1-64 letters, digits, '.', '_', '+' or '-' (no path "
                          "separators or spaces); e.g. --tag baseline")
     return tag
-
-
-def result_identity(*, fingerprint: str, dataset: str, data_digests: dict, task: str, options: dict,
-                    layers: list[str], seed: int, limit: int | None, tag: str | None,
-                    precision: str = "fp32") -> dict:
-    """Everything that changes a result's numbers (the backbone fingerprint holds the weights
-    digest; ``data_digests`` the carve-outs and limit of each split), plus the user's tag. The
-    extraction ``precision`` appears only where it is not fp32, so fp32 results keep their ids."""
-    extra = {"precision": precision} if precision != "fp32" else {}
-    return {**extra, "fingerprint": fingerprint, "dataset": dataset, "data": dict(sorted(data_digests.items())),
-            "task": task, "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
-            "layers": list(layers), "seed": seed, "limit": limit, "tag": tag}
 
 
 def run_id(identity: dict) -> str:
@@ -76,29 +64,6 @@ def finished_run(path: Path, identity: dict) -> list[dict] | None:
     if not isinstance(records, list) or not records or any(record_problem(r) for r in records) or run_problem(records):
         return None  # damaged: computed again
     return [dict(r, file=str(path)) for r in records]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same folder, fsync it and rename it into place, so
-    a file that exists is whole (after a power loss too); the mode follows the umask (mkstemp's
-    0600 would shut out a group sharing the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_results(path: Path, run: dict, records: list[dict]) -> Path:
@@ -168,7 +133,9 @@ def _text(v) -> bool:
 _FIELDS = {
     "metric": (lambda v: isinstance(v, str) and v != "", "a metric name"),
     **{k: (lambda v: v is None or _number(v), f"a number within ±{MAX_MAGNITUDE:g}")
-       for k in ("value", "stderr", "std", "depth", "lo", "hi", "gap", "gap_share", "val_stderr")},
+       for k in ("value", "depth", "lo", "hi", "gap", "gap_share")},
+    **{k: (lambda v: v is None or (_number(v) and not v < 0), f"a number in 0..{MAX_MAGNITUDE:g} (a spread)")
+       for k in ("stderr", "std", "val_stderr")},
     **{k: (_whole(0), f"a whole number in 0..{INT64_MAX}")
        for k in ("n", "step", "layer_index", "epoch", "seed", "labels", "groups", "shared_steps")},
     **{k: (_whole(1), f"a count in 1..{INT64_MAX}") for k in ("shots", "seeds", "limit")},
@@ -180,9 +147,11 @@ _FIELDS = {
 # Columns the report derives from the records (bench.report, bench.paired): a record never holds them.
 DERIVED_COLUMNS = {"best", "won", "run_name", "seed_n", "seed_std", "seed_label", "cmp_pool", "cmp_rank", "cmp_pos",
                    "note"}
-# A study's records (``study`` set) by kind: the fields its tables cannot do without.
+# A study's records (``study`` set) by kind: the fields its tables cannot do without, and those that
+# must be there though the study writes null where a number is undefined.
 _STUDY_FIELDS = {"layer": ("point", "size", "depth"), "best": ("point", "size", "depth"),
                  "quality": ("point", "size"), "stat": ("quality", "n"), "separation": ("quality", "shared_steps")}
+_STUDY_KEYS = {"stat": ("lo", "hi"), "separation": ("value", "gap", "gap_share", "separable")}
 
 
 def record_problem(r) -> str:
@@ -206,16 +175,47 @@ def record_problem(r) -> str:
     if r["metric"] in INTEGER_METRICS and value is not None and not (
             float(value).is_integer() and 0 <= value <= INT64_MAX):
         return f"has {r['metric']} = {str(value)[:40]!r}, which is not a whole number in 0..{INT64_MAX}"
-    if r["metric"] == "top1" and (value is None or not math.isfinite(value)):  # layers are chosen by it
-        return f"has top1 = {str(value)[:40]!r}, which is not a finite percentage"
+    if r["metric"] == "top1" and (value is None or not 0 <= value <= 100):  # layers are chosen by it
+        return f"has top1 = {str(value)[:40]!r}, which is not a finite percentage in 0..100"
     if r.get("study") is not None:
-        if not isinstance(r.get("kind"), str):
-            return "is a study record without its kind"
-        missing = [k for k in _STUDY_FIELDS.get(r["kind"], ()) if r.get(k) is None]
-        if missing:
-            return f"is a study record ({r['kind']}) without its {', '.join(missing)}"
-        if (r.get("lo") is None) != (r.get("hi") is None):
-            return "is a study record with one end of its interval (lo, hi)"
+        return study_record_problem(r)
+    return ""
+
+
+def study_record_problem(r: dict) -> str:
+    """``record_problem`` for a record of a study file: a study and kind this code knows, the
+    fields of its kind, and values its tables can show (a depth in 0..1, an interval lo <= hi, a
+    direction, method and scope the correlation study writes)."""
+    from tasks.correlation import KINDS, METHODS, SCOPES
+
+    if r["study"] != "correlation":
+        return f"is a record of a study {str(r['study'])[:40]!r}, which this igpt-bench does not know (correlation)"
+    kind = r.get("kind")
+    if not isinstance(kind, str):
+        return "is a study record without its kind"
+    if kind not in KINDS:
+        return f"is a study record of kind {kind[:40]!r}, which a correlation study does not write ({', '.join(KINDS)})"
+    missing = [k for k in _STUDY_FIELDS[kind] if r.get(k) is None] + [k for k in _STUDY_KEYS.get(kind, ()) if k not in r]
+    if missing:
+        return f"is a study record ({kind}) without its {', '.join(missing)}"
+    if (r.get("lo") is None) != (r.get("hi") is None):
+        return "is a study record with one end of its interval (lo, hi)"
+    if r.get("lo") is not None and not r["lo"] <= r["hi"]:
+        return f"is a study record whose interval runs backwards (lo {r['lo']:g} > hi {r['hi']:g})"
+    if r.get("depth") is not None and not 0 <= r["depth"] <= 1:
+        return f"has depth = {r['depth']:g}, which is not a relative depth in 0..1"
+    if r.get("better") not in (None, "lower", "higher"):
+        return f"has better = {str(r['better'])[:40]!r}, which is not lower or higher"
+    if kind == "stat":
+        scope = r.get("scope")
+        if r["metric"] not in METHODS:
+            return f"is a statistic of method {r['metric'][:40]!r}, which is not {' or '.join(METHODS)}"
+        if scope is not None and scope not in SCOPES:
+            return f"has scope = {str(scope)[:40]!r}, which is not one of {', '.join(SCOPES)}"
+        if scope == "within size" and r.get("size") is None:
+            return "is a statistic within a size without its size"
+        if scope == "matched steps" and r.get("groups") is None:
+            return "is a statistic at matched steps without its groups"
     return ""
 
 
@@ -223,25 +223,57 @@ def record_problem(r) -> str:
 # in the model fields.
 _RUN_FIELDS = ("run", "dataset", "task", "seed", "limit", "tag")
 _MODEL_FIELDS = ("backbone", "fingerprint", "weights", "step")
+_MEASURED = ("value", "stderr", "std", "lo", "hi", "n", "resamples", "file")  # a record's numbers, not what it measures
 
 
 def run_problem(records: list[dict]) -> str:
     """'' for the well-formed records of one results file that make whole tables, else what is
-    wrong: they disagree on the run they belong to, or a study's checkpoint (a ``point`` of
-    quality or best records) lacks its best layer's val and test top-1."""
+    wrong: they disagree on the run they belong to, or they claim to be a study but lack its parts
+    (``study_problem``)."""
     plain = [r for r in records if r.get("study") is None]
     for fields, group in ((_RUN_FIELDS, records), (_MODEL_FIELDS, plain)):
         for key in fields:
             values = list(dict.fromkeys(json.dumps(r.get(key)) for r in group))
             if len(values) > 1:
                 return f"its records disagree on the {key} ({values[0][:40]} and {values[1][:40]})"
-    points: dict[str, set] = {}
+    if plain and len(plain) < len(records):
+        return "it mixes a study's records with a run's (some records name a study, some do not)"
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):  # one measurement, one record: a repeat would count twice in the tables
+        key = json.dumps({k: v for k, v in r.items() if k not in _MEASURED}, sort_keys=True, default=str)
+        if key in seen:
+            return f"its record {i} measures what record {seen[key]} does ({r['layer']} {r['split']} {r['metric']})"
+        seen[key] = i
+    return study_problem(records) if not plain else ""
+
+
+def study_problem(records: list[dict]) -> str:
+    """'' for the records of a whole study file, else which part is missing: every checkpoint (a
+    ``point`` of layer, quality or best records) has its best layer's val and test top-1; there are
+    as many checkpoints as a correlation needs; there are statistics, and each is of a quality
+    measure the checkpoints were measured in. A study file is read as a whole or refused: its
+    statistics mean nothing without the points they were computed from."""
+    from tasks.correlation import MIN_POINTS
+
+    points: dict[str, list] = {}
     for r in records:
-        if r.get("study") is not None and r["kind"] in ("quality", "best"):
-            points.setdefault(r["point"], set()).update([r.get("split")] if r["kind"] == "best" else [])
+        if r["kind"] in ("layer", "quality", "best"):
+            points.setdefault(r["point"], []).extend([r.get("split")] if r["kind"] == "best" else [])
     for point, splits in points.items():
-        if not {"val", "test"} <= splits:
+        if not {"val", "test"} <= set(splits):
             return f"its study's checkpoint {point[:40]!r} lacks its best layer's val and test records"
+        if len(splits) > 2:
+            return f"its study's checkpoint {point[:40]!r} has {len(splits)} best-layer records (one val, one test)"
+    if len(points) < MIN_POINTS:
+        return (f"it claims to be a study but holds {len(points)} checkpoint{'' if len(points) == 1 else 's'} "
+                f"(a correlation has at least {MIN_POINTS})")
+    measured = {r["metric"] for r in records if r["kind"] == "quality"}
+    stats = [r for r in records if r["kind"] in ("stat", "separation")]
+    if not any(r["kind"] == "stat" for r in stats):
+        return "it claims to be a study but holds no statistics (stat records)"
+    for r in stats:
+        if r["quality"] not in measured:
+            return f"its study has a statistic of {str(r['quality'])[:40]!r}, which no checkpoint was measured in"
     return ""
 
 

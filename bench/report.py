@@ -128,9 +128,21 @@ def _short_weights(weights):
 
 
 def load(paths) -> pd.DataFrame:
-    records = []
+    """The records of every results file under ``paths`` as one frame. One run in two files (a
+    copy, or one run in two folders) is refused naming both: the tables would count it twice, as
+    two seeds of one experiment."""
+    from bench.errors import BenchError
+
+    records, where = [], {}
     for path in collect(paths):
-        records += read_results(path)
+        got = read_results(path)
+        run = got[0].get("run")
+        if run is not None and run in where:
+            raise BenchError(f"{where[run]} and {path} hold the same run ({run}): a copy, or one run in two folders; "
+                             "pass each run once")
+        if run is not None:
+            where[run] = path
+        records += got
     return frame(records)
 
 
@@ -406,8 +418,8 @@ def summary(df: pd.DataFrame, pool: bool = True) -> pd.DataFrame:
     labels = df.groupby(keys, sort=False)
     varied = df.drop_duplicates("file").seed_label.nunique() > 1 or df.seed_n.notna().any()
     table["seed"] = labels.seed_label.first() if varied else None
-    for column in columns:
-        table[column] = values[column]
+    for column in columns:  # pivot_table leaves out a column that is all NaN (a diverged loss): shown empty
+        table[column] = values[column] if column in values.columns else float("nan")
         if column in spreads.columns:
             table[f"± {column}"] = spreads[column]
     for column in columns:

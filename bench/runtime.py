@@ -26,34 +26,6 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def join_processes(device: str) -> tuple[int, int, str, bool]:
-    """Under ``torchrun``: (rank, world size, this process's device, whether this call started the
-    process group). The group is started once per process, gloo on CPUs and NCCL on GPUs, where
-    each rank takes the GPU of its LOCAL_RANK; collectives time out after $BENCH_DIST_TIMEOUT_MIN
-    minutes (default 720). Outside torchrun: (0, 1, device, False)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world == 1:
-        return 0, 1, device, False
-    import torch
-    import torch.distributed as dist
-
-    started = False
-    if not dist.is_initialized():
-        # Ranks wait in collectives while rank 0 waits for another process's lock or writes a
-        # large file: far longer than torch's default timeout (10 min NCCL, 30 min gloo) allows.
-        from datetime import timedelta
-
-        minutes = float(os.environ.get("BENCH_DIST_TIMEOUT_MIN", "720"))
-        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo",
-                                timeout=timedelta(minutes=minutes))
-        started = True
-    if str(device).startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    return rank, world, device, started
-
-
 # -- threads ------------------------------------------------------------------------------------
 
 MAX_THREADS = 4096  # more is a typo, not a machine
@@ -312,10 +284,8 @@ def keep_freed_memory() -> bool:
 
     By default glibc gives large freed blocks and a freed heap top back to the kernel, so each
     batch's activations (e.g. an iGPT MLP at batch 256: 256 x 196 x 1024 floats) are page-faulted
-    in afresh: iGPT feature extraction spent a third of its CPU time in the kernel. Measured on the
-    2-core CPU, forward of igpt-wide at 14x14 and batch 256: 24.5 -> 16.0 and 31.0 -> 19.2 ms per
-    image in two runs; three forward passes of a 2x256 iGPT at batch 128: 809k -> 12.5k page
-    faults. No-op off glibc, or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+    in afresh: iGPT feature extraction spent a third of its CPU time in the kernel (the figures
+    are in docs/performance.md; a test counts the page faults). No-op off glibc, or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
     themselves. Returns whether it applied.
     """
     if not sys.platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_",

@@ -42,13 +42,25 @@ class StudyJob:
 
 
 def expand(task_name: str, task_options: dict, backbones: list[str], weights: list, dataset: str, *,
-           pretrained: bool, image_size: int | None, seed: int) -> StudyJob:
-    """The study's component jobs for every backbone × weights, checked for what cannot be mixed;
-    the study and its components share ``seed``."""
+           pretrained: bool, image_size: int | None, seed: int, log=None) -> StudyJob:
+    """The study's component jobs for every distinct backbone × weights (``distinct``), checked for
+    what cannot be mixed; the study and its components share ``seed``."""
     task = TASKS.get(task_name)()
     options = task.parse_options(task_options)
-    pairs = [(b, w) for b in backbones for w in weights]
-    task.check_points(len(pairs))
+    pairs, same = distinct([(b, w) for b in backbones for w in weights])
+    twins: dict[str, list[str]] = {}
+    for twin, first in same:
+        twins.setdefault(first, []).append(twin)
+    try:
+        task.check_points(len(pairs), options)
+    except BenchError as e:
+        if not same:
+            raise
+        said = "; ".join(f"{', '.join(t)} {'is' if len(t) == 1 else 'are'} {first}" for first, t in twins.items())
+        raise BenchError(f"{e} (counting the same weights files once: {said})") from None
+    for first, t in twins.items():
+        (log or (lambda msg: None))(f"{task.name}: --weights {', '.join(t)} {'holds' if len(t) == 1 else 'hold'} "
+                                    f"the same files as {first}; counted once")
     check(task, pairs)
     points = tuple(
         tuple(Job(backbone=b, dataset=dataset, task=component, task_options=dict(component_options),
@@ -56,6 +68,86 @@ def expand(task_name: str, task_options: dict, backbones: list[str], weights: li
               for component, component_options in task.components(options).items())
         for b, w in pairs)
     return StudyJob(task_name, dataset, options, points, seed)
+
+
+def check_components(study: StudyJob, settings: Settings) -> None:
+    """The components' checks that need only the data (``Task.check``: sizes, budgets, classes),
+    made once for the whole study before any of its runs: the data is the same for every
+    checkpoint, so they would fail alike on each, after the others' work."""
+    from bench.datasets import load_split
+
+    for job in study.points[0]:
+        task = TASKS.get(job.task)()
+        options = task.parse_options(job.task_options)
+        task.check(options, {split: load_split(job.dataset, split, settings.data_root, settings.limit, job.seed)
+                             for split in task.splits_for(options)})
+
+
+def distinct(pairs: list[tuple[str, str | None]]) -> tuple[list, list[tuple[str, str]]]:
+    """The (backbone, weights) pairs without those that hold the same weights files as an earlier
+    one, and (dropped weights, the earlier weights) for each dropped. One checkpoint named twice (a
+    symlink, a copy, ``dir/./step-x``, a run folder and its latest checkpoint) is one point of a
+    study, not two that agree by construction. Files are compared by size and their first and last
+    MiB, and in full only where those agree, so that checkpoints of one run cost no full read."""
+    from backbones.base import path_digest
+
+    kept, same, seen = [], [], {}  # seen: (backbone, quick key) -> [(full digest or None, weights)]
+    for backbone, weights in pairs:
+        folder = _weights_path(weights)
+        quick = _quick_digest(folder) if folder is not None else None
+        if quick is None:
+            kept.append((backbone, weights))
+            continue
+        twin = None
+        for i, (full, other) in enumerate(seen.get((backbone, quick), [])):
+            if folder == _weights_path(other):
+                twin = other
+                break
+            full = full or path_digest(_weights_path(other))
+            seen[(backbone, quick)][i] = (full, other)
+            if path_digest(folder) == full:
+                twin = other
+                break
+        if twin is None:
+            kept.append((backbone, weights))
+            seen.setdefault((backbone, quick), []).append((None, weights))
+        else:
+            same.append((weights, twin))
+    return kept, same
+
+
+def _weights_path(weights) -> Path | None:
+    """The file or folder ``--weights`` loads, symlinks and ``.`` resolved: a pretraining run folder
+    (one holding ``checkpoints/``) stands for its latest checkpoint, as it does when loaded. None
+    for no weights or a name that is not a local path (a hub id)."""
+    if weights is None or not Path(weights).exists():
+        return None
+    path = Path(weights).resolve()
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        saved = sorted(p for p in (path / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        path = saved[-1] if saved else path
+    return path
+
+
+def _quick_digest(path: Path) -> str | None:
+    """A cheap key of a weights file or folder: each file's relative path, size and first and last
+    MiB. Equal keys are confirmed by a full digest; None when the files cannot be read (the run says why)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        for f in files:
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(path) if f != path else ''}\0{size}\n".encode())
+            with f.open("rb") as handle:
+                h.update(handle.read(1 << 20))
+                if size > 2 << 20:
+                    handle.seek(size - (1 << 20))
+                    h.update(handle.read(1 << 20))
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def check(task, pairs: list[tuple[str, str | None]]) -> None:

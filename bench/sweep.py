@@ -7,15 +7,20 @@ one progress bar; a job that fails is reported and the sweep goes on. A study ta
 True``, ``bench.study``) becomes its component jobs, shared with the sweep's own jobs where they
 are the same, and runs after them. ``dry_run`` says what ``execute`` would run, skip and refuse,
 without writing anything.
+
+``shard`` keeps a deterministic share of a sweep (``--shard K/N``), so N processes on N machines
+over one results folder and cache run the sweep between them; the locks keep any result from being
+computed twice. ``execute`` takes a ``runner`` that hands the jobs elsewhere (``bench.submit``).
 """
 
 from __future__ import annotations
 
 import glob
 import itertools
+import json
 import numbers
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from backbones.base import BackboneOptions, resolve
@@ -99,7 +104,7 @@ def _parse_seeds(text: str, max_seed: int) -> list[int]:
 def split_task_options(tasks: list[str], pairs) -> dict[str, dict]:
     """``-o KEY=VALUE`` pairs (or a {key: value} dict) shared out to the tasks that declare KEY;
     a key that no task declares is an error naming the tasks' options."""
-    items = list(pairs.items()) if isinstance(pairs, dict) else [Task._split_pair(p) for p in pairs]
+    items = list(pairs.items()) if isinstance(pairs, dict) else [Task.split_pair(p) for p in pairs]
     out: dict[str, dict] = {t: {} for t in tasks}
     for key, value in items:
         norm = str(key).strip().replace("-", "_")
@@ -119,6 +124,9 @@ class Sweep:
     jobs: list[Job]
     settings: Settings
     studies: list = field(default_factory=list)  # bench.study.StudyJob, run after the jobs
+    share: tuple[int, int] | None = None  # (K, N) when this is shard K of N of a larger sweep
+    total: int | None = None  # jobs and studies of the whole sweep, when sharded
+    others: tuple = ()  # other shards' jobs that a study of this share combines (see ``shard``)
 
 
 def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, image_size: int | None = None,
@@ -146,11 +154,12 @@ def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, im
                 options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=s))
             for b, w, d, t, s in itertools.product(backbones, weight_list, datasets, plain, seeds)]
     studies = []
-    from bench.study import StudyJob, expand
+    from bench.study import StudyJob, check_components, expand
 
     for t, d, s in itertools.product([t for t in tasks if t not in plain], datasets, seeds):
         study = expand(t, per_task[t], backbones, weight_list, d, pretrained=pretrained, image_size=image_size,
-                       seed=s)
+                       seed=s, log=settings.log)
+        check_components(study, settings)
         points = []
         for members in study.points:  # a member the sweep runs anyway is that same job
             points.append(tuple(_same_or_new(job, jobs) for job in members))
@@ -171,6 +180,73 @@ def _as_list(value, what: str | None) -> list[str]:
     if what and not values:
         raise BenchError(f"name at least one {what} (--{what})")
     return [str(v) for v in values]
+
+
+MAX_SHARDS = 100_000
+
+
+def parse_shard(value) -> tuple[int, int] | None:
+    """``--shard K/N`` as ``(K, N)``: text ``"K/N"`` or a pair of ints, with 0 <= K < N (the
+    numbering of ``$SLURM_ARRAY_TASK_ID`` in an array ``0-(N-1)``); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", value)
+        if not m:
+            raise BenchError(f"--shard {value!r} is not K/N; give this process's share as K/N with 0 <= K < N, "
+                             "e.g. 0/4 ... 3/4")
+        k, n = int(m[1]), int(m[2])
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+        k, n = int(value[0]), int(value[1])
+    else:
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise BenchError(f"shard takes 'K/N' or a pair (K, N) of integers with 0 <= K < N, got {text}")
+    if not 1 <= n <= MAX_SHARDS:
+        raise BenchError(f"--shard {k}/{n}: N is the number of shards, 1..{MAX_SHARDS}")
+    if not 0 <= k < n:
+        raise BenchError(f"--shard {k}/{n}: K counts from 0 and stays below N (the shards of {n} are 0/{n} .. "
+                         f"{n - 1}/{n})")
+    return k, n
+
+
+def unit_key(unit) -> str:
+    """What a job (or study) is, as stable text: its task and parsed task options, backbone,
+    dataset and options (weights as given, seed); a study's holds its components'. Shards are
+    dealt in this order, so every process of a sharded sweep deals the same way whatever is done
+    already (and however an option is spelled), and a backbone's jobs of several tasks, which
+    share activation files, tend to share a shard."""
+    from bench.study import StudyJob
+
+    if isinstance(unit, StudyJob):
+        fields = [unit.task, unit.options, unit.dataset, unit.seed, [[unit_key(j) for j in jobs] for jobs in unit.points]]
+    else:
+        options = TASKS.get(unit.task)().parse_options(unit.task_options)
+        fields = [unit.task, options, unit.backbone, unit.dataset, asdict(unit.options)]
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def shard(sweep: Sweep, share: tuple[int, int] | None) -> Sweep:
+    """Shard K of N: the jobs and studies sorted by ``unit_key``, every Nth from the Kth, in the
+    sweep's order. The N shards are disjoint and together the whole sweep, however many of its
+    results exist already.
+
+    A study's components are jobs like any other, dealt to any shard; the shard that draws the
+    study runs, after its own jobs, the components still missing (``others``: another shard's
+    job, which the locks let it wait for or do itself, never twice), then combines them, so the
+    study is written once every shard has finished."""
+    if share is None:
+        return sweep
+    k, n = share
+    units = sorted([*sweep.jobs, *sweep.studies], key=unit_key)
+    mine = {id(unit) for i, unit in enumerate(units) if i % n == k}
+    studies = [s for s in sweep.studies if id(s) in mine]
+    others: dict[int, Job] = {}
+    for study in studies:
+        for job in (job for jobs in study.points for job in jobs if id(job) not in mine):
+            others.setdefault(id(job), job)
+    jobs = [job for job in sweep.jobs if id(job) in mine] + list(others.values())
+    return Sweep(jobs, sweep.settings, studies, share=share, total=len(units), others=tuple(others.values()))
 
 
 @dataclass
@@ -201,24 +277,30 @@ def failure_lines(failures: list[Failure], total: int, names: int = 3) -> list[t
     return lines
 
 
-def execute(sweep: Sweep, on_outcome=lambda outcome: None, on_failure=lambda failure: None
+def execute(sweep: Sweep, on_outcome=lambda outcome: None, on_failure=lambda failure: None, runner=None
             ) -> tuple[list[Outcome], list[Failure]]:
-    """Run every job in order. A single job's error propagates (one command, one error); in a
-    sweep each failure is reported through ``on_failure`` and the rest go on."""
+    """Run every job, then every study. A single job's error propagates (one command, one error);
+    in a sweep each failure is reported through ``on_failure`` and the rest go on.
+
+    ``runner(jobs, settings)``, where given, computes the jobs elsewhere (``bench.submit``): it
+    yields ``(job, outcome, failure)`` as each finishes, one of the two None. By default they run
+    here, in order. Studies combine their components here either way."""
     from bench.runtime import progress_bar
     from bench.study import run_study
 
     settings = sweep.settings
-    if len(sweep.jobs) == 1 and not sweep.studies:
+    if runner is None and len(sweep.jobs) == 1 and not sweep.studies:
         outcome = run_job(sweep.jobs[0], settings)
         on_outcome(outcome)
         return [outcome], []
     outcomes, failures, done = [], [], {}
     total = len(sweep.jobs) + len(sweep.studies)
     with progress_bar(f"sweep of {total} jobs", total, settings.quiet) as bar:
-        for job in sweep.jobs:
-            outcome = _guarded(lambda job=job: run_job(job, settings), job, failures, on_failure)
-            if outcome is not None:
+        for job, outcome, failure in (runner or _here)(sweep.jobs, settings):
+            if failure is not None:
+                failures.append(failure)
+                on_failure(failure)
+            else:
                 done[id(job)] = outcome
                 outcomes.append(outcome)
                 on_outcome(outcome)
@@ -237,6 +319,14 @@ def execute(sweep: Sweep, on_outcome=lambda outcome: None, on_failure=lambda fai
     return outcomes, failures
 
 
+def _here(jobs: list[Job], settings: Settings):
+    """The default runner: each job in this process, in order."""
+    for job in jobs:
+        failures = []
+        outcome = _guarded(lambda job=job: run_job(job, settings), job, failures, lambda failure: None)
+        yield job, outcome, failures[0] if failures else None
+
+
 @dataclass
 class Planned:
     """What ``execute`` would do with one job or study: "run", "skip" (a finished results file with
@@ -249,16 +339,20 @@ class Planned:
     user_error: bool = True  # a refusal by a BenchError (exit 2) rather than a bug (exit 1)
 
 
+OTHERS_NOTE = "another shard's job, which a study of this shard needs: run here only if not done by then"
+
+
 def dry_run(sweep: Sweep) -> list[Planned]:
     """What ``execute`` would do, job by job in its order: every check a job makes before its work
     and every identity computed (``bench.job.prepare``), but nothing extracted, trained or written."""
+    from bench.files import check_writable
     from bench.job import prepare
     from bench.records import finished_run, run_id
-    from bench.store import check_writable
     from bench.study import target
 
     settings = sweep.settings
     planned, ids = [], {}
+    others = {id(job) for job in sweep.others}
     for job in sweep.jobs:
         try:
             p = prepare(job, settings)
@@ -272,7 +366,7 @@ def dry_run(sweep: Sweep) -> list[Planned]:
             planned.append(Planned(job, "refuse", None, f"internal error: {type(e).__name__}: {e}", False))
             continue
         ids[id(job)] = run_id(p.identity)
-        planned.append(Planned(job, "skip" if skip else "run", p.out))
+        planned.append(Planned(job, "skip" if skip else "run", p.out, OTHERS_NOTE if id(job) in others else ""))
     for study in sweep.studies:
         missing = sum(id(job) not in ids for jobs in study.points for job in jobs)
         if missing:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The correlation study of results/fashion-mnist/correlation/ (issue 10): two model sizes pretrained
+# The correlation study of results/fashion-mnist/correlation/: two model sizes pretrained
 # at 14x14 with bf16 autocast on the CPU, eight saves each, then one `bench run -t correlation`
 # over all sixteen checkpoints, the pixels baseline at the same --limit, the tables and plots.
 #   - igpt-wide (4 blocks x 256): the run of scripts/fashion-mnist-reference.sh ($WIDE), made first;

@@ -4,7 +4,7 @@
 #   - a random-init resnet18 (the same, plus supervised fine-tuning: the paper's supervised row),
 #   - igpt-wide pretrained with the recipe of results/README.md (14x14, bf16; all five protocols:
 #     linear probe per layer and on the 5 layers around the best, kNN, low-data, fine-tuning).
-# Pretraining saves every eighth of the steps (the correlation study of issue 10 reads them).
+# Pretraining saves every eighth of the steps (the correlation study of results/fashion-mnist/correlation/ reads them).
 # One command; each step's wall time goes to $RES/times.txt. On a GPU it takes minutes, on the
 # 2-core CPU hours (fine-tuning dominates; run each step with OMP_NUM_THREADS=1 when two share the
 # CPU); LIMIT=N makes a quick trial of the whole chain.

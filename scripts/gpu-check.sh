@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 11 in one command (under 8 minutes on one H100/H200):
+# The GPU check in one command (docs/performance.md gives its time on one GPU):
 #   1. the GPU rows of `bench perf` (iGPT-S extraction and a pretraining step in bf16 against a large
 #      bf16 matmul's measured rate; the linear probe of 8 layers on the device), each with where its
 #      time goes (--profile: the top kernels and the device's idle share), then
@@ -9,8 +9,8 @@
 # Needs the project installed (`pip install --no-deps --no-build-isolation -e .`) and Fashion-MNIST's
 # four IDX files under $BENCH_DATA_ROOT (or the system place). Everything goes to $OUT; the wall
 # time of each step to $OUT/times.txt. A CPU trial of the chain (the suite runs it:
-# tests/test_perf.py, ~1 minute): DEVICE=cpu STEPS=2 BATCH=8 LIMIT=100 PRECISION=fp32 (in bf16, on
-# a CPU without bf16 instructions, the probe step alone took 10 minutes at LIMIT=300).
+# tests/test_perf.py): DEVICE=cpu STEPS=2 BATCH=8 LIMIT=100 PRECISION=fp32 (bf16 on a CPU without
+# bf16 instructions is emulated and far slower).
 # PART=perf runs step 1 only and PART=chain step 2 only, into the same $OUT: two calls where one
 # command may not run 8 minutes.
 set -euo pipefail

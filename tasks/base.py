@@ -115,7 +115,7 @@ class Task:
 
         Values in a dict may be parsed values already (from Python) or text (from the CLI)."""
         out = self.defaults()
-        items = pairs.items() if isinstance(pairs, dict) else [self._split_pair(p) for p in pairs]
+        items = pairs.items() if isinstance(pairs, dict) else [self.split_pair(p) for p in pairs]
         for key, value in items:
             key = str(key).strip().replace("-", "_")
             if key not in self.options:
@@ -131,7 +131,8 @@ class Task:
         return out
 
     @staticmethod
-    def _split_pair(pair: str) -> tuple[str, str]:
+    def split_pair(pair: str) -> tuple[str, str]:
+        """``KEY=VALUE`` as (key, value); a BenchError without the ``=``."""
         key, sep, value = str(pair).partition("=")
         if not sep:
             raise BenchError(f"task option {pair!r} is not KEY=VALUE; e.g. -o max_iter=500")
@@ -178,6 +179,22 @@ def choice(*allowed: str) -> Callable[[str], str]:
 def show_list(values) -> str:
     """A list option's value as the comma-separated text that parses back to it."""
     return ",".join(str(v) for v in values)
+
+
+MAX_VALUES = 100  # values of a list option (a grid, k values, budgets): more is a slip, not a grid
+
+
+def few(parse: Callable[[str], Any], most: int = MAX_VALUES) -> Callable[[str], Any]:
+    """``parse`` (of a comma-separated list option) refusing more than ``most`` values: each value
+    is a fit or a training, so a long list is hours of work nobody meant."""
+
+    def bounded(text: str):
+        values = parse(text)
+        if isinstance(values, (list, tuple)) and len(values) > most:
+            raise ValueError(f"{len(values)} values; give at most {most}")
+        return values
+
+    return bounded
 
 
 def positive_int(text: str) -> int:

@@ -37,16 +37,20 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.layers import is_group
-from tasks.base import Option, Task, choice, positive_int
+from tasks.base import Option, Task, choice, int_range
 from tasks.sample_quality import DEFAULT_N, AtMost, parse_extractor, parse_n, show_n
 
 QUALITY = {"bits_per_dim": "lower", "fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher"}
 MIN_POINTS = 3
+MAX_RESAMPLES = 100_000  # each resample holds a row per checkpoint in several arrays
+MAX_BOOTSTRAP_CELLS = 50_000_000  # resamples x checkpoints: about 4 GiB at the bootstrap's peak
 FEW_POINTS = 6  # fewer points than this: the study says so beside each statistic
 SMALL_VAL = 1000  # a best layer chosen on fewer val images is flagged with its standard error
 CONFOUNDED_RHO = 0.9  # |ρ(step, quality)| at or above: quality is nearly a function of the step...
 CONFOUNDED_GAP = 0.1  # ...unless checkpoints at one step differ by this share of the quality's range
 SCOPES = ("all checkpoints", "within size", "partial given step", "matched steps")
+KINDS = ("layer", "best", "quality", "stat", "separation")  # the records a study file holds
+METHODS = ("pearson", "spearman")
 
 
 class Correlation(Task):
@@ -63,7 +67,8 @@ class Correlation(Task):
                         "the split of bits/dim and the real images (sample-quality's split)"),
         "extractor": Option(parse_extractor("classifier"), parse_extractor,
                             "sample-quality's extractor: classifier, pixels or inception:PATH"),
-        "bootstrap": Option(10000, positive_int, "bootstrap resamples for the 95% intervals, a positive integer"),
+        "bootstrap": Option(10000, int_range(1, MAX_RESAMPLES),
+                            f"bootstrap resamples for the 95% intervals, 1..{MAX_RESAMPLES}"),
     }
 
     def components(self, options: dict) -> dict[str, dict]:
@@ -71,10 +76,16 @@ class Correlation(Task):
         return {"sample-quality": {"n": options["n"], "split": options["split"], "extractor": str(options["extractor"])},
                 "linear-probe": {}}
 
-    def check_points(self, count: int) -> None:
+    def check_points(self, count: int, options: dict | None = None) -> None:
+        """Before any work: enough checkpoints to correlate, and a bootstrap that fits in memory
+        (each resample holds a number per checkpoint in several arrays at once)."""
         if count < MIN_POINTS:
             raise BenchError(f"a correlation needs at least {MIN_POINTS} checkpoints, got {count}; pass more "
                              "--weights (e.g. a quoted glob 'RUN/checkpoints/*')")
+        resamples = (options or {}).get("bootstrap", 0)
+        if resamples * count > MAX_BOOTSTRAP_CELLS:
+            raise BenchError(f"-o bootstrap={resamples} over {count} checkpoints holds {resamples * count:,} numbers "
+                             f"per array; lower bootstrap to at most {MAX_BOOTSTRAP_CELLS // count}")
 
     def combine(self, points: list[dict], options: dict, seed: int) -> list[dict]:
         """``points``: per checkpoint {"label", "size", "backbone", "weights", "step", "records"} where

@@ -59,10 +59,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.distributed import all_reduce, barrier, join_processes, launch, leave
 from bench.errors import BenchError
-from bench.runtime import join_processes
-from tasks.base import Option, RunContext, Task, choice, float_range, int_range, nonnegative_int, show_list
-from tasks.linear_probe import binomial_se
+from bench.metrics import binomial_se
+from tasks.base import Option, RunContext, Task, choice, few, float_range, int_range, show_list
 
 MAX_EPOCHS = 1000
 GRAD_CLIP = 1.0
@@ -123,16 +123,17 @@ class Finetune(Task):
     splits = ("train", "val", "test")
     options = {
         "epochs": Option(10, int_range(1, MAX_EPOCHS), f"training epochs, 1..{MAX_EPOCHS}"),
-        "lr": Option(1e-3, learning_rates,
-                     "peak learning rate of AdamW, in (0, 1], or a comma-separated list to choose from on val "
-                     "(e.g. 1e-4,3e-4,1e-3); try 1e-4 for pretrained weights", show=show_rates),
+        "lr": Option(1e-3, few(learning_rates, 20),
+                     "peak learning rate of AdamW, in (0, 1], or a comma-separated list of at most 20 to choose from "
+                     "on val (e.g. 1e-4,3e-4,1e-3); try 1e-4 for pretrained weights", show=show_rates),
         "batch_size": Option(64, int_range(1, 65536), "images per optimizer step (over all processes)"),
         "weight_decay": Option(0.05, float_range(0.0, 10.0), "AdamW weight decay (matrices and kernels only), >= 0"),
         "warmup": Option(0.1, float_range(0.0, 1.0, open_high=True),
                          "fraction of the steps of linear warm-up before the cosine decay, in [0, 1)"),
         "augment": Option("on", choice("on", "off"),
                           "on: pad-and-random-crop (+ horizontal flip where the dataset allows it); off: none"),
-        "patience": Option(0, nonnegative_int, "stop after this many epochs without a better val top-1 (0: never)"),
+        "patience": Option(0, int_range(0, MAX_EPOCHS),
+                           f"stop after this many epochs without a better val top-1, 0..{MAX_EPOCHS} (0: never)"),
         "precision": Option("auto", choice("auto", "fp32", "bf16"),
                             "autocast of the training forward: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16"),
         "gen_weight": Option("auto", _gen_weight,
@@ -184,7 +185,7 @@ def make_plan(ctx: RunContext) -> Plan:
                          f"{backbone.name!r} has no next-pixel loss: drop the option or pass gen_weight=0")
     layer = ctx.layers[-1]
     train = ctx.data["train"]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch()[1]
     if opts["batch_size"] % world:
         raise BenchError(f"-o batch_size={opts['batch_size']} must be divisible by the {world} processes")
     if len(train) < world:
@@ -331,8 +332,7 @@ class Finetuning:
     def __init__(self, ctx: RunContext, plan: Plan):
         self.ctx, self.plan = ctx, plan
         self.opts = ctx.options
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank, self.world = launch()
         self.main = self.rank == 0
         self.device = str(ctx.device)
         self.log = ctx.log if self.main else (lambda msg: None)
@@ -342,8 +342,6 @@ class Finetuning:
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:
         import contextlib
-
-        import torch.distributed as dist
 
         from bench.lock import Busy, exclusive, holder
         from bench.runtime import autocast_for
@@ -370,7 +368,7 @@ class Finetuning:
                 if self.main:
                     ctx.artifacts_dir()
                     _write_json(folder / "settings.json", plan.settings)
-                self._barrier()
+                barrier(self.world)
                 if not plan.grid:
                     state = self._fit(plan.rates[0], folder)
                     return self._finish(folder, [(plan.rates[0], state)], 0)
@@ -390,8 +388,7 @@ class Finetuning:
             finally:
                 backbone.module.load_state_dict(self.original)  # the runner's backbone is left as it came
                 backbone.module.eval()
-                if started_group:
-                    dist.destroy_process_group()
+                leave(started_group)
         finally:
             guard.__exit__(None, None, None)
 
@@ -431,7 +428,7 @@ class Finetuning:
             return state
         if self.main:
             folder.mkdir(exist_ok=True)
-        self._barrier()
+        barrier(self.world)
         state = self._fit(rate, folder)
         if self.main:
             from safetensors.torch import save_file
@@ -441,7 +438,7 @@ class Finetuning:
             _write_json(done, {"settings": self._fit_settings(), "state": state})  # last: the rate is whole
             for old in self._epoch_folders(folder):
                 shutil.rmtree(old)
-        self._barrier()
+        barrier(self.world)
         return state
 
     def _fit_settings(self) -> dict:
@@ -462,12 +459,6 @@ class Finetuning:
         unused = any(p.grad is None for p in self.net.parameters() if p.requires_grad)
         self.net.zero_grad(set_to_none=True)
         return unused
-
-    def _barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
     def _check_folder(self, folder: Path) -> None:
         """Refuse a folder that ``settings.json``, any epoch checkpoint or any finished rate says was
@@ -603,15 +594,9 @@ class Finetuning:
                 part = rows[s : s + step]
                 x, _ = self._batch(data.images[part], data.labels[part])
                 predicted[torch.as_tensor(part, device=self.device)] = self.net.logits(x).argmax(1)
-        self._all_reduce(predicted)  # each row is set by one process and 0 in the others: the sum is the whole
+        all_reduce(predicted, self.world)  # each row is set by one process and 0 in the others: the sum is the whole
         self.predicted[split] = predicted.cpu().numpy()
         return int((self.predicted[split] == data.labels).sum()), len(data)
-
-    def _all_reduce(self, tensor) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor)
 
     def _train(self, folder: Path, state: dict) -> dict:
         """Train from ``state`` to the last epoch (or an early stop), saving each epoch in ``folder``;
@@ -658,7 +643,7 @@ class Finetuning:
                     if k % 10 == 9 or k == per_epoch - 1:
                         bar.describe(f"{name} · epoch {epoch}/{epochs} · loss {sums[0].item() / (k + 1):.4f}"
                                      + (f" · val {state['history'][-1]['val_top1']:.1f}%" if state["history"] else ""))
-                self._all_reduce(sums)
+                all_reduce(sums, self.world)
                 sums = (sums / (per_epoch * self.world)).tolist()
                 train_s = time.time() - t0
                 seconds += train_s
@@ -681,7 +666,7 @@ class Finetuning:
                 bar.describe(f"{name} · epoch {epoch}/{epochs} · loss {sums[0]:.4f} · val {top1:.1f}%")
                 if self.main:
                     self._save_epoch(folder, state)
-                self._barrier()
+                barrier(self.world)
                 if state["stopped"]:
                     bar.advance((epochs - epoch) * per_epoch)
         if seen:
@@ -739,7 +724,7 @@ class Finetuning:
             self.log(f"fine-tuned weights (epoch {best}" + (f", lr {rate:g}" if plan.grid else "") + f"): {weights}; "
                      f"probe them with -b {ctx.backbone.name} --weights {weights}"
                      + (f" --image-size {size}" if size else ""))
-        self._barrier()
+        barrier(self.world)
         layer = plan.layer
         records = [
             {"layer": layer, "split": "val", "metric": "top1", "value": 100.0 * val_correct / val_n,

@@ -13,11 +13,9 @@ with the bank ``block_size`` rows at a time, keeping a running top-``kmax`` per 
 (``torch.topk`` of the tile's similarities, merged with the candidates so far), so the largest
 temporary is ``256 x block_size`` floats (32 MB at the default 32768), never queries x bank. The
 ``kmax`` neighbours of a query set are found once and every ``k`` of the grid is read off them.
-The tile width is measured (``bench benchmark knn --block-size``, 10k queries against 54k x 256,
-k up to 200, 2-core CPU): 6.0 s at 1024, 3.6 s at 4096, 2.4 s at 16384, 2.0 s at 32768, 1.8 s at
-54000 (``torch.topk`` costs more per element over short rows), with the process's peak resident
-memory growing by 65, 70, 93, 113 and 131 MB. ``bench benchmark knn`` measures it against
-scikit-learn's brute-force ``KNeighborsClassifier`` on the same features.
+The default tile width trades time (``torch.topk`` costs more per element over short rows) for
+memory; ``bench benchmark knn --block-size`` measures both, and against scikit-learn's brute-force
+``KNeighborsClassifier`` on the same features (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,15 +23,17 @@ from __future__ import annotations
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, positive_float, positive_int, show_list
-from tasks.linear_probe import top1
+from bench.metrics import top1
+from tasks.base import MAX_VALUES, Option, RunContext, Task, choice, few, int_range, positive_float, show_list
 
 DEFAULT_KS = (10, 20, 50, 100, 200)
 QUERY_BLOCK = 256
 BLOCK_SIZE = 32768
+MAX_BLOCK = 1 << 22  # a tile of 4 GiB
 
 
-def _ks(text: str) -> list[int]:
+def parse_ks(text: str) -> list[int]:
+    """Comma-separated neighbour counts as a sorted list without repeats; ValueError unless positive."""
     values = sorted({int(v) for v in text.split(",") if v.strip()})
     if not values or values[0] < 1:
         raise ValueError("need positive integers separated by commas")
@@ -124,13 +124,15 @@ class KNN(Task):
     description = "cosine k-nearest-neighbour vote (exp(sim/T) weights, as in DINO); k chosen on val; top-1"
     splits = ("train", "val", "test")
     options = {
-        "k": Option(list(DEFAULT_KS), _ks, "comma-separated neighbour counts to choose from on val, e.g. 10,20,50",
+        "k": Option(list(DEFAULT_KS), few(parse_ks),
+                    f"comma-separated neighbour counts to choose from on val (at most {MAX_VALUES}), e.g. 10,20,50",
                     show=show_list),
         "temperature": Option(0.07, positive_float, "vote weight exp(similarity / temperature), a positive number"),
         "bank": Option("train+val", choice("train+val", "train"),
                        "the neighbours test is scored against once k is chosen: train+val or train"),
-        "block_size": Option(BLOCK_SIZE, positive_int,
-                             "bank rows compared with 256 queries at a time; bounds the memory (4 bytes x 256 x this)"),
+        "block_size": Option(BLOCK_SIZE, int_range(1, MAX_BLOCK),
+                             f"bank rows compared with 256 queries at a time (a positive count, at most {MAX_BLOCK}); "
+                             "bounds the memory (4 bytes x 256 x this)"),
     }
     columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "k"): "chosen k"}
 

@@ -14,9 +14,8 @@ scarce; a fixed affine map applies to any subset), and every fit is precondition
 train split's eigenbasis (``LogisticRegressionLBFGS``'s change of variables holds for any
 orthogonal basis and positive scaling; only how fast L-BFGS converges depends on the choice: on
 Fashion-MNIST pixels, 15-100 evaluations a fit, about as many as in the subset's own basis). Both
-are computed once per layer, so all draws x budgets share one d x d eigendecomposition. On the
-2-core CPU, pixels on Fashion-MNIST with 1,5,10,100 shots x 5 draws took 9.4 s against 14.1 s
-for one full linear probe (``bench run`` wall times, activations cached).
+are computed once per layer, so all draws x budgets share one d x d eigendecomposition, and the
+whole low-data grid costs less than one full linear probe (docs/performance.md).
 
 Records, one per (layer, shots, split): ``top1`` on val and test with ``value`` = the mean over
 draws, ``std`` = their standard deviation (ddof=1; 0 for one draw), ``stderr`` = std/sqrt(draws)
@@ -34,28 +33,20 @@ from contextlib import contextmanager
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, int_range, positive_int, show_list
-from tasks.linear_probe import (
-    LinearProbe,
-    _grid,
-    _show_grid,
-    as_features,
-    fit_path,
-    probe_layer,
-    second_moment_basis,
-    standardize,
-    top1,
-)
+from bench.metrics import top1
+from bench.probe_loss import as_features
+from bench.probe_solver import fit_path, second_moment_basis, standardize
+from tasks.base import MAX_VALUES, Option, RunContext, Task, choice, few, int_range, show_list
+from tasks.linear_probe import LinearProbe, parse_l2_grid, probe_layer, show_l2_grid
 
 PAPER_SHOTS = (4, 25, 400)  # the Image GPT paper's low-data CIFAR-10: 40, 250 and 4,000 labels
 DEFAULT_SHOTS = (1, 5, 10, 100)
 # Stronger than the full probe's: the best strength grows as the labels shrink, and at the strong end
 # the fit tends to the nearest class mean, so the grid reaches up to 1e3 (1e-4 ... 1e3, two per decade).
-DEFAULT_L2_GRID = _grid(",".join(f"{10 ** (e / 2):.3g}" for e in range(-8, 7)))
+DEFAULT_L2_GRID = parse_l2_grid(",".join(f"{10 ** (e / 2):.3g}" for e in range(-8, 7)))
 # A fit on fewer feature values than this (rows x width), and its val scoring, run on one CPU thread.
 # Its tensor ops are too small to share (a 1000 x 10 softmax), and each parallel region costs a
-# thread barrier: on the 2-core CPU with another process busy, the same 120 Fashion-MNIST pixel fits
-# (1 to 100 shots) took 15 s on 2 threads and 2.4 s on one, 4 ms vs 0.3 ms per loss evaluation.
+# thread barrier, which on a busy machine costs more than the work (docs/performance.md).
 ONE_THREAD_BELOW = 1 << 21
 
 
@@ -149,16 +140,18 @@ class LowDataProbe(Task):
     description = "linear probe on k labelled train images per class, mean and std over seeded draws; top-1"
     splits = ("train", "val", "test")
     options = {
-        "shots": Option(list(DEFAULT_SHOTS), _shots,
-                        "comma-separated train images per class, e.g. 1,5,10,100 ('paper' adds 4,25,400)",
+        "shots": Option(list(DEFAULT_SHOTS), few(_shots),
+                        f"comma-separated train images per class (at most {MAX_VALUES} budgets), e.g. 1,5,10,100 "
+                        "('paper' adds 4,25,400)",
                         show=show_list),
         "seeds": Option(5, int_range(1, 1000), "random draws of the labelled images per budget, 1..1000"),
         "layer": Option("all", choice("all", "best"),
                         "all: every requested layer; best: only the layer with the best val top-1 of a full "
                         "linear probe"),
-        "l2_grid": Option(DEFAULT_L2_GRID, _grid, "comma-separated positive L2 strengths, e.g. 1e-2,1e-1,1,10",
-                          show=_show_grid),
-        "max_iter": Option(1000, positive_int, "L-BFGS iterations per fit, a positive integer"),
+        "l2_grid": Option(DEFAULT_L2_GRID, few(parse_l2_grid),
+                          f"comma-separated positive L2 strengths (at most {MAX_VALUES}), e.g. 1e-2,1e-1,1,10",
+                          show=show_l2_grid),
+        "max_iter": Option(1000, int_range(1, 100_000), "L-BFGS iterations per fit, 1..100000"),
     }
     columns = {("val", "top1"): "val top-1", ("test", "top1"): "test top-1", ("val", "l2"): "chosen L2"}
 

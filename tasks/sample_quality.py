@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.errors import BenchError
-from tasks.base import Option, RunContext, Task, choice, float_range, positive_int
+from tasks.base import Option, RunContext, Task, choice, float_range, int_range
 
 GRID = 64  # samples shown in samples.png
 DEFAULT_N = 1000
@@ -79,7 +79,8 @@ class SampleQuality(Task):
                             "feature space: classifier (trained here on train), pixels, or inception:PATH "
                             "(torch-fidelity InceptionV3 weights file)"),
         "temperature": Option(1.0, float_range(0.01, 100.0), "sampling temperature, 0.01..100"),
-        "batch_size": Option(250, positive_int, "images sampled at once (KV cache memory grows with it)"),
+        "batch_size": Option(250, int_range(1, 65536), "images sampled at once, 1..65536 (KV cache memory grows "
+                             "with it)"),
     }
     columns = {("val", "bits_per_dim"): "bits/dim", ("val", "fd"): "FD", ("val", "kid"): "KID",
                ("val", "precision"): "precision", ("val", "recall"): "recall",

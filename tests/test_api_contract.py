@@ -338,7 +338,8 @@ def test_a_measured_nan_or_infinity_is_still_read_and_shown(bench, knn_results):
     records = copy.deepcopy(knn_results["records"])
     tops = [r for r in records if r["metric"] == "top1"]
     tops[0]["stderr"], tops[1]["stderr"] = float("nan"), float("inf")
-    records += [dict(tops[0], split="train", metric="loss", value=v, stderr=None) for v in (float("nan"), float("inf"))]
+    records += [dict(tops[0], split="train", metric=m, value=v, stderr=None)
+                for m, v in (("loss", float("nan")), ("gen_loss", float("inf")))]
     path = _write(knn_results, records)
     for args in (["report", path], ["report", "--long", "--best", path], ["report", "--format", "md", path]):
         r = bench(*args)

@@ -94,6 +94,54 @@ def _nan_weights(path):
     return path
 
 
+def study_records():
+    """A whole correlation study's records (four checkpoints), as ``bench run -t correlation`` writes them."""
+    from tasks.correlation import Correlation
+
+    points = [{"label": f"tiny@step{i}", "size": "igpt 2x8", "backbone": "igpt", "weights": None, "step": i,
+               "records": [{"task": "linear-probe", "metric": "top1", "layer": f"h{j}", "layer_index": j, "split": s,
+                            "value": 50.0 + i + j + (s == "test"), "n": 100} for j in range(2) for s in ("val", "test")]
+               + [{"task": "sample-quality", "metric": "bits_per_dim", "layer": "model", "split": "val",
+                   "value": 3.0 - i / 10}]} for i in range(1, 5)]
+    task = Correlation()
+    stamp = {"task": "correlation", "dataset": "digits", "tag": None, "seed": 0, "limit": None, "run": "5a1d1e5a1d1e"}
+    records = [dict(stamp, **r) for r in task.combine(points, task.parse_options({"bootstrap": 100}), seed=0)]
+    return [dict(r, layer_index=i) for i, r in enumerate(records)]
+
+
+def _study(path, keep=lambda r: True, change=lambda r: r):
+    return _results(path, [change(dict(r)) for r in study_records() if keep(r)])
+
+
+def _without(key, kind):
+    return lambda r: {k: v for k, v in r.items() if not (k == key and r["kind"] == kind)}
+
+
+def _checkpoint_three_ways(root):
+    import os
+    import shutil
+
+    step = root / "run" / "checkpoints" / "step-0000001"
+    step.mkdir(parents=True)
+    (step / "igpt.json").write_text(json.dumps({"format": "igpt-bench/igpt-checkpoint", "step": 1}))
+    (step / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    os.symlink(step, root / "link")
+    shutil.copytree(step, root / "copy")
+    return root
+
+
+def _lying_checkpoint(root, **config):
+    """A checkpoint folder whose igpt.json claims ``config`` (over igpt-tiny's)."""
+    root.mkdir(parents=True)
+    meta = {"format": "igpt-bench/igpt-checkpoint", "image": [8, 8], "step": 1,
+            "config": {"n_colors": 16, "n_positions": 64, "n_embd": 64, "n_layer": 4, "n_head": 4, "n_inner": None,
+                       "eps": 1e-5, **config}}
+    (root / "igpt.json").write_text(json.dumps(meta))
+    (root / "palette.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(b"\0" * 64)
+    return root
+
+
 FIXTURES = {
     "idx-label-200": lambda p: _idx_root(p, np.r_[np.arange(39) % 10, 200]),
     "idx-label-255": lambda p: _idx_root(p, np.arange(40) % 10, test_labels=np.r_[np.arange(19) % 10, 255]),
@@ -119,6 +167,21 @@ FIXTURES = {
     "results-good": lambda p: _results(p, [GOOD]),
     "weights-inf": _nan_weights,
     "not-weights": lambda p: (p.write_bytes(b"not a state dict" * 10), p)[1],
+    "study-fake": lambda p: _study(p, keep=lambda r: r["kind"] == "stat"),
+    "study-two-points": lambda p: _study(p, keep=lambda r: r.get("point") not in ("tiny@step3", "tiny@step4")),
+    "study-no-gap-share": lambda p: _study(p, change=_without("gap_share", "separation")),
+    "study-kind-unknown": lambda p: _study(p, change=lambda r: dict(r, kind="banana") if r["kind"] == "stat" else r),
+    "study-unknown": lambda p: _study(p, change=lambda r: dict(r, study="causation")),
+    "study-matched-no-groups": lambda p: _study(p, change=lambda r: dict(r, scope="matched steps", groups=None)
+                                                if r["kind"] == "stat" else r),
+    "study-unmeasured-quality": lambda p: _study(p, keep=lambda r: r["kind"] != "quality"),
+    "ckpt-three-ways": _checkpoint_three_ways,
+    "ckpt-512x16384": lambda p: _lying_checkpoint(p, n_embd=16384, n_layer=512, n_head=8),
+    "ckpt-heads-3-of-64": lambda p: _lying_checkpoint(p, n_head=3),
+    "ckpt-width-text": lambda p: _lying_checkpoint(p, n_embd="wide"),
+    "results-top1-negative": lambda p: _results(p, [dict(GOOD, value=-5.0)]),
+    "results-stderr-negative": lambda p: _results(p, [dict(GOOD, stderr=-1.0)]),
+    "results-records-twice": lambda p: _results(p, [GOOD, GOOD]),
     "folder-test-only-class": lambda p: (_folder(p / "train", ["a", "b"], 6), _folder(p / "test", ["a", "b", "eel"], 2),
                                          p)[2],
 }
@@ -191,7 +254,33 @@ CASES = [
     ("igpt shape past memory", ["benchmark", "pretrain", "-b", "igpt-512x16384"], ["parameters", "smaller shape"]),
     ("igpt side too large", ["backbones", "show", "igpt-3x8", "--image-size", "1024"], ["128x128"]),
     ("compare one file twice", ["compare", "{results-good}", "{results-good}"], ["two or more runs"]),
+    # option ranges: every task option is bounded above too, checked before any work
+    ("correlation bootstrap huge", [*RUN[:2], "correlation", *OUT, "-b", "igpt-tiny", "-d", "digits", "-o", "bootstrap=2000000000"], ["bootstrap", "1..100000"]),
+    ("probe max_iter huge", [*RUN, "-b", "pixels", "-d", "digits", "-o", "max_iter=1000000000"], ["max_iter", "1..100000"]),
+    ("probe patience huge", [*RUN, "-b", "pixels", "-d", "digits", "-o", f"patience={10**20}"], ["patience", "0..100"]),
+    ("probe grid of 101 strengths", [*RUN, "-b", "pixels", "-d", "digits", "-o", "l2_grid=" + ",".join(f"{10 ** (-x / 20):.6g}" for x in range(101))], ["l2_grid", "101 values", "at most 100"]),
+    ("knn block_size huge", [*RUN[:2], "knn", *OUT, "-b", "pixels", "-d", "digits", "-o", "block_size=1000000000000"], ["block_size", "1..4194304"]),
+    ("knn 101 k values", [*RUN[:2], "knn", *OUT, "-b", "pixels", "-d", "digits", "-o", "k=" + ",".join(map(str, range(1, 102)))], ["option k=", "101 values", "at most 100"]),
+    ("low-data max_iter huge", [*RUN[:2], "low-data-probe", *OUT, "-b", "pixels", "-d", "digits", "-o", "max_iter=99999999"], ["max_iter", "1..100000"]),
+    ("low-data 101 budgets", [*RUN[:2], "low-data-probe", *OUT, "-b", "pixels", "-d", "digits", "-o", "shots=" + ",".join(map(str, range(1, 102)))], ["shots", "at most 100"]),
+    ("finetune patience huge", [*RUN[:2], "finetune", *OUT, "-b", "pixels", "-d", "digits", "-o", "patience=5000"], ["patience", "0..1000"]),
+    ("finetune 21 rates", [*RUN[:2], "finetune", *OUT, "-b", "pixels", "-d", "digits", "-o", "lr=" + ",".join(f"{(x + 1) / 100}" for x in range(21))], ["lr", "at most 20"]),
+    ("sample-quality batch_size huge", [*RUN[:2], "sample-quality", *OUT, "-b", "igpt-tiny", "-d", "digits", "-o", "batch_size=10000000"], ["batch_size", "1..65536"]),
+    ("correlation n past the split", [*RUN[:2], "correlation", *OUT, "-b", "igpt-tiny", "-b", "igpt-2x16", "-b", "igpt-3x8", "-d", "digits", "--limit", "100", "-o", "n=100000"], ["n=100000", "larger than the val split"]),
+    ("correlation one checkpoint three ways", [*RUN[:2], "correlation", *OUT, "-b", "igpt", "-d", "digits", "--weights", "{ckpt-three-ways}/run/checkpoints/step-0000001", "--weights", "{ckpt-three-ways}/link", "--weights", "{ckpt-three-ways}/copy"], ["at least 3 checkpoints, got 1", "same weights files once"]),
+    ("correlation run folder and its checkpoint", [*RUN[:2], "correlation", *OUT, "-b", "igpt", "-d", "digits", "--weights", "{ckpt-three-ways}/run", "--weights", "{ckpt-three-ways}/run/checkpoints/./step-0000001", "--weights", "{ckpt-three-ways}/copy"], ["got 1", "step-0000001, ", "/copy are "]),
+    ("sample-quality inception folder without weights", [*RUN[:2], "sample-quality", *OUT, "-b", "igpt-tiny", "-d", "digits", "-o", "extractor=inception:{folder-empty}"], ["folder-empty holds no weights file"]),
     ("folder test-only class", ["extract", "--split", "test", "--out", "{tmp}/out/a.h5", "-b", "pixels", "-d", "imagefolder", "--data-root", "{folder-test-only-class}"], ["eel", "train lacks"]),
+    # sharding and submitting a sweep
+    ("shard 0/0", [*RUN, "-b", "pixels", "-d", "digits", "--shard", "0/0"], ["--shard 0/0", "number of shards"]),
+    ("shard 2/2", [*RUN, "-b", "pixels", "-d", "digits", "--shard", "2/2"], ["--shard 2/2", "below N"]),
+    ("shard -1/2", [*RUN, "-b", "pixels", "-d", "digits", "--shard", "-1/2"], ["'-1/2' is not K/N"]),
+    ("shard a/b", [*RUN, "-b", "pixels", "-d", "digits", "--shard", "a/b"], ["'a/b' is not K/N"]),
+    ("shard 3", [*RUN, "-b", "pixels", "-d", "digits", "--shard", "3"], ["'3' is not K/N"]),
+    ("submit option alone", [*RUN, "-b", "pixels", "-d", "digits", "-S", "timeout_min=5"], ["goes with --submit"]),
+    ("submit option unknown", [*RUN, "-b", "pixels", "-d", "digits", "--submit", "local", "-S", "nonsense=1"], ["--submit-option", "nonsense"]),
+    ("submit option text", [*RUN, "-b", "pixels", "-d", "digits", "--submit", "local", "-S", "timeout_min=abc"], ["timeout_min"]),
+    ("submit unknown", [*RUN, "-b", "pixels", "-d", "digits", "--submit", "pbs"], ["--submit", "slurm"]),
     # names
     ("unknown backbone", [*RUN, "-b", "resnet81", "-d", "digits"], ["unknown backbone", "resnet18"]),
     ("unknown dataset", [*RUN, "-b", "pixels", "-d", "digitz"], ["unknown dataset", "digits"]),
@@ -206,6 +295,9 @@ CASES = [
     ("weights missing", [*RUN, "-b", "resnet18", "-d", "digits", "--weights", "{tmp}/nope.safetensors"], ["do not exist"]),
     ("weights with inf", [*RUN, "-b", "resnet18", "-d", "digits", "--weights", "{weights-inf}"], ["non-finite", "conv1.weight"]),
     ("weights for pixels", [*RUN, "-b", "pixels", "-d", "digits", "--weights", "{weights-inf}"], ["pixels"]),
+    ("checkpoint claiming 512x16384", [*RUN[:2], "bits-per-dim", *OUT, "-b", "igpt", "-d", "digits", "--weights", "{ckpt-512x16384}"], ["igpt.json", "parameters", "smaller model"]),
+    ("checkpoint of 3 heads over 64 wide", [*RUN[:2], "bits-per-dim", *OUT, "-b", "igpt", "-d", "digits", "--weights", "{ckpt-heads-3-of-64}"], ["n_embd 64 is not divisible by n_head 3"]),
+    ("checkpoint of a text width", [*EXTRACT, "-b", "igpt", "-d", "digits", "--weights", "{ckpt-width-text}"], ["n_embd = 'wide'", "whole number"]),
     ("igpt weights folder empty", [*EXTRACT, "-b", "igpt", "-d", "digits", "--weights", "{folder-empty}"], ["folder-empty"]),
     # results files for report / compare
     ("report value text", ["report", "{results-value-text}"], ["record 0", "value", "not a number"]),
@@ -216,6 +308,17 @@ CASES = [
     ("report records dict", ["report", "{results-records-dict}"], ["no list of records"]),
     ("report step text", ["report", "{results-step-text}"], ["step", "not a whole number"]),
     ("compare damaged files", ["compare", "{results-value-text}", "{results-no-metric}"], ["record 0"]),
+    ("report top1 negative", ["report", "{results-top1-negative}"], ["top1 = '-5.0'", "0..100"]),
+    ("report stderr negative", ["report", "{results-stderr-negative}"], ["stderr = '-1.0'", "a number in 0..", "(a spread)"]),
+    ("report records twice", ["report", "{results-records-twice}"], ["record 1 measures what record 0 does"]),
+    ("report fake study", ["report", "{study-fake}"], ["study-fake", "holds 0 checkpoints"]),
+    ("report study of two checkpoints", ["report", "{study-two-points}", "--summary"], ["study-two-points", "holds 2 checkpoints"]),
+    ("report study without a field", ["report", "{study-no-gap-share}"], ["study-no-gap-share", "(separation) without its gap_share"]),
+    ("report study of unknown kind", ["report", "{study-kind-unknown}"], ["study-kind-unknown", "'banana'"]),
+    ("report unknown study", ["report", "{study-unknown}", "--format", "md"], ["'causation'", "does not know"]),
+    ("report study matched steps without groups", ["report", "{study-matched-no-groups}"], ["matched steps without its groups"]),
+    ("report study of an unmeasured quality", ["report", "{study-unmeasured-quality}"], ["'bits_per_dim'", "no checkpoint was measured in"]),
+    ("compare fake study", ["compare", "{study-fake}", "{results-good}"], ["study-fake", "holds 0 checkpoints"]),
     ("report not json", ["report", "{results-not-json}"], ["not a readable results file"]),
     ("report missing", ["report", "{tmp}/nothing-here"], ["does not exist"]),
     ("report /dev/null", ["report", "/dev/null"], ["/dev/null", "not a results file"]),
@@ -339,3 +442,76 @@ def test_fuzzed_paths_run_or_fail_as_user_errors(bench, tmp_path, out, read):
         assert r.code in (0, 2), (args, r)
         if r.code == 2:
             assert_user_error(r)
+
+
+# -- the same bounds from Python; studies over one checkpoint named several ways ------------------
+
+
+@pytest.mark.parametrize("backbone, task, options, fragment", [
+    ("igpt-tiny", "correlation", {"bootstrap": 2 * 10**9}, "1..100000"),
+    ("pixels", "linear-probe", {"max_iter": 10**9}, "1..100000"),
+    ("pixels", "linear-probe", {"l2_grid": [10 ** (-x / 20) for x in range(101)]}, "at most 100"),
+    ("pixels", "knn", {"block_size": 10**12}, "1..4194304"),
+    ("pixels", "knn", {"k": list(range(1, 102))}, "at most 100"),
+    ("pixels", "low-data-probe", {"max_iter": 10**9}, "1..100000"),
+    ("igpt-tiny", "sample-quality", {"batch_size": 10**7}, "1..65536"),
+])
+def test_the_python_api_refuses_an_option_past_its_range_before_any_work(tmp_path, backbone, task, options,
+                                                                          fragment):
+    from bench import api
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match=fragment):
+        api.run(backbone, task, "digits", options=options, results=tmp_path / "res")
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_correlations_bootstrap_that_would_not_fit_in_memory_is_refused_for_its_number_of_checkpoints():
+    from bench.errors import BenchError
+    from tasks.correlation import MAX_BOOTSTRAP_CELLS, Correlation
+
+    task = Correlation()
+    task.check_points(500, task.parse_options({"bootstrap": MAX_BOOTSTRAP_CELLS // 500}))
+    with pytest.raises(BenchError, match=f"lower bootstrap to at most {MAX_BOOTSTRAP_CELLS // 501}"):
+        task.check_points(501, task.parse_options({"bootstrap": MAX_BOOTSTRAP_CELLS // 500}))
+
+
+def test_a_correlation_counts_a_checkpoint_named_several_ways_once_and_says_so(bench, tiny_run, tmp_path):
+    """A copy, a symlink, ``dir/./step`` and the run folder (its latest checkpoint) are the
+    checkpoints already named: the study has three points, not six, and its identity is the same."""
+    import shutil
+
+    ckpts = sorted((tiny_run / "checkpoints").iterdir())
+    shutil.copytree(ckpts[0], tmp_path / "copy")
+    (tmp_path / "link").symlink_to(ckpts[1])
+    twice = [tmp_path / "copy", tmp_path / "link", tiny_run / "checkpoints" / "." / ckpts[2].name, tiny_run]
+    study = ("-t", "correlation", "-d", "digits", "--limit", "150", "--results", tmp_path / "res", "--dry-run")
+    plain = bench("run", "-b", "igpt", *[a for c in ckpts for a in ("--weights", c)], *study)
+    r = bench("run", "-b", "igpt", *[a for c in [*ckpts, *twice] for a in ("--weights", c)], *study)
+    assert plain.code == 0 and r.code == 0, r
+    said = [line for line in r.err.splitlines() if "counted once" in line]
+    assert len(said) == 3 and all(str(w) in r.err for w in twice), r.err
+    study_line = [line for line in r.out.splitlines() + r.err.splitlines() if "correlation study" in line]
+    assert study_line and "3 checkpoints" in study_line[0]
+    assert study_line == [line for line in plain.out.splitlines() + plain.err.splitlines()
+                          if "correlation study" in line]  # the same study file: the same identity
+
+
+def test_inception_weights_in_a_folder_are_found_or_the_folder_is_said_to_lack_them(tmp_path):
+    from bench.fidelity import INCEPTION_FILE, Extractor
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "inception.safetensors").write_bytes(b"x")
+    assert Extractor.parse(f"inception:{one}").path == str(one / "inception.safetensors")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / INCEPTION_FILE).write_bytes(b"x")
+    (cache / "other.pth").write_bytes(b"x")
+    assert Extractor.parse(f"inception:{cache}").path == str(cache / INCEPTION_FILE)
+    (one / "second.pth").write_bytes(b"x")
+    with pytest.raises(ValueError, match="holds 2 weights files .*pass the one to use"):
+        Extractor.parse(f"inception:{one}")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="holds no weights file"):
+        Extractor.parse(f"inception:{tmp_path / 'none'}")

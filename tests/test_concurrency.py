@@ -96,7 +96,7 @@ def test_a_waiting_process_names_the_holder_and_gets_the_lock_when_it_dies(tmp_p
 
 @pytest.mark.parametrize("umask", [0o002, 0o022])
 def test_files_written_follow_the_umask(tmp_path, umask):
-    from bench.records import atomic_write_bytes
+    from bench.files import atomic_write_bytes
 
     old = os.umask(umask)
     try:

@@ -210,6 +210,17 @@ def test_the_study_plots_read_the_right_way():
     assert len(left.get_lines()) == 3 and len(right.get_lines()) == 3
 
 
+def _nudge_weights(run):
+    """Every checkpoint of ``run`` with other weights (its first tensor shifted), as another run's."""
+    from safetensors.torch import load_file, save_file
+
+    for weights in run.glob("checkpoints/*/model.safetensors"):
+        state = load_file(weights)
+        first = sorted(state)[0]
+        state[first] = state[first] + 1e-3
+        save_file(state, weights)
+
+
 def test_correlation_with_default_options_end_to_end_on_a_tiny_run_then_nothing_is_recomputed(bench, tiny_run,
                                                                                                tmp_path):
     res = tmp_path / "res"
@@ -279,8 +290,10 @@ def test_correlation_with_default_options_end_to_end_on_a_tiny_run_then_nothing_
     r = bench("report", study, "--format", "html", "--out", tmp_path / "study.html")  # the study file alone
     assert r.code == 0 and (tmp_path / "study.html").read_text().count("<table>") == 3, r
 
-    # Two runs saved at the same steps: their points keep apart in the tables and the plots.
+    # Two runs saved at the same steps: their points keep apart in the tables and the plots. (A plain
+    # copy would be the same checkpoints, counted once: the second run's weights differ.)
     shutil.copytree(tiny_run, tmp_path / "again")
+    _nudge_weights(tmp_path / "again")
     r = bench("run", "-b", "igpt", "--weights", f"{tiny_run}/checkpoints/*", "--weights",
               f"{tmp_path}/again/checkpoints/*", *STUDY, "--results", res)
     assert r.code == 0, r

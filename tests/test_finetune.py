@@ -70,7 +70,7 @@ def test_finetune_igpt_on_digits_end_to_end_writes_records_the_report_renders_an
                   "--limit", "300", "--layers", "final", "--results", tmp_path / "probe")
     assert probe.code == 0, probe
     (probed,) = _records(tmp_path / "probe")[:1]
-    assert probed["weights"] == str((folder / "finetuned").resolve())
+    assert (tmp_path / probed["weights"]).resolve() == (folder / "finetuned").resolve()  # as named, relative
 
     again = bench("-q", *IGPT, "--results", results)  # a finished run is skipped
     assert again.code == 0 and "skipped" in again.out

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import bench.store as store
+import bench.store_writer as writer
 from bench.store import open_activations
 from tests.conftest import assert_user_error
 
@@ -121,7 +122,7 @@ def test_non_finite_activations_stop_with_the_layer_and_row(bench, tmp_path, mon
     out = tmp_path / "a.h5"
     r = bench("-q", *ARGS, "--out", out)
     assert_user_error(r, "non-finite", "layer pixels at row 5", "dataset index")
-    assert not out.exists() and not store.parts_dir(out).exists()
+    assert not out.exists() and not writer.parts_dir(out).exists()
 
 
 def test_non_finite_weights_are_refused(bench, tmp_path):
@@ -168,13 +169,13 @@ class _FailingFile:
 def test_a_write_failure_leaves_valid_rows_and_the_resume_equals_a_clean_run(bench, tmp_path, monkeypatch):
     ref_out, ref_x, ref_y = _clean(bench, tmp_path)
     row = 64 * 4
-    monkeypatch.setattr(store, "open", lambda p, mode="r": _FailingFile(open(p, mode), 5 * 64 * row + 100)
+    monkeypatch.setattr(writer, "open", lambda p, mode="r": _FailingFile(open(p, mode), 5 * 64 * row + 100)
                         if "a" in mode else open(p, mode), raising=False)
     out = tmp_path / "a.h5"
     r = bench("-q", *ARGS, "--out", out)
     assert_user_error(r, "No space left on device", "320 of 1294 rows kept", "rerun the same command")
     assert not out.exists()
-    parts = store.parts_dir(out) / "shard-0-of-1"
+    parts = writer.parts_dir(out) / "shard-0-of-1"
     assert json.loads((parts / "progress.json").read_text())["rows_done"] == 320
     assert (parts / "000.f32").stat().st_size == 320 * row + 100  # a torn row past the count
     monkeypatch.undo()
@@ -199,7 +200,7 @@ def test_a_file_over_the_size_limit_is_refused_before_any_work(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench", "-q", *ARGS, "--out", str(out)], preexec_fn=limit,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "ulimit -f" in p.stderr, p.stderr
-    assert not out.exists() and not store.parts_dir(out).exists()
+    assert not out.exists() and not writer.parts_dir(out).exists()
 
 
 def test_a_disk_too_small_is_refused_before_any_work(bench, tmp_path, monkeypatch):
@@ -210,7 +211,7 @@ def test_a_disk_too_small_is_refused_before_any_work(bench, tmp_path, monkeypatc
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     out = tmp_path / "a.h5"
     assert_user_error(bench("-q", *ARGS, "--out", out), "MiB are free", "free space")
-    assert not out.exists() and not store.parts_dir(out).exists()
+    assert not out.exists() and not writer.parts_dir(out).exists()
 
 
 def test_sigterm_ends_an_extraction_as_ctrl_c_does_and_the_rerun_resumes(tmp_path):
@@ -222,7 +223,7 @@ def test_sigterm_ends_an_extraction_as_ctrl_c_does_and_the_rerun_resumes(tmp_pat
            "--image-size", "96", "--batch-size", "16", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-    progress = store.parts_dir(out) / "shard-0-of-1" / "progress.json"
+    progress = writer.parts_dir(out) / "shard-0-of-1" / "progress.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -261,12 +262,12 @@ def test_counted_rows_edited_before_a_resume_are_extracted_again_not_kept(bench,
     discarded on resume, so the finished file equals a clean run's."""
     ref_out, ref_x, _ = _clean(bench, tmp_path)
     row = 64 * 4
-    monkeypatch.setattr(store, "open", lambda p, mode="r": _FailingFile(open(p, mode), 5 * 64 * row + 100)
+    monkeypatch.setattr(writer, "open", lambda p, mode="r": _FailingFile(open(p, mode), 5 * 64 * row + 100)
                         if "a" in mode else open(p, mode), raising=False)
     out = tmp_path / "a.h5"
     assert bench("-q", *ARGS, "--out", out).code == 2
     monkeypatch.undo()
-    part = store.parts_dir(out) / "shard-0-of-1" / "000.f32"
+    part = writer.parts_dir(out) / "shard-0-of-1" / "000.f32"
     data = bytearray(part.read_bytes())
     data[10 * row : 10 * row + 4] = np.float32(123.0).tobytes()  # one counted value, changed
     part.write_bytes(bytes(data))

@@ -7,7 +7,8 @@ import pytest
 
 from bench.benchmark import compare_probes
 from bench.datasets import load_split
-from tasks.linear_probe import LogisticRegressionLBFGS, objective, standardize
+from bench.probe_loss import objective
+from bench.probe_solver import LogisticRegressionLBFGS, standardize
 from tests.conftest import need_fashion_mnist
 
 
@@ -94,9 +95,9 @@ def test_pixels_fashion_mnist_acceptance(bench, tmp_path):
 
 @pytest.mark.parametrize("block_rows", [4096, 64])  # one block; eight, the last one short
 def test_standardize_matches_the_float64_formula(monkeypatch, block_rows):
-    import tasks.linear_probe as lp
+    import bench.probe_solver as solver
 
-    monkeypatch.setattr(lp, "STANDARDIZE_ROWS", block_rows)
+    monkeypatch.setattr(solver, "STANDARDIZE_ROWS", block_rows)
     rng = np.random.default_rng(0)
     train = (rng.normal(size=(500, 40)) * rng.uniform(0.1, 1e3, 40) + rng.normal(size=40) * 1e3).astype(np.float32)
     train[:, 3] = 7.0  # a constant column: std counts as 1
@@ -149,7 +150,7 @@ def test_loss_and_grad_match_autograd_in_float64(monkeypatch):
     several blocks of rows (the block size shrunk so that 300 rows make four)."""
     import torch
 
-    import tasks.linear_probe as lp
+    import bench.probe_loss as lp
 
     monkeypatch.setattr(lp, "BLOCK_ELEMENTS", 800)  # 80 rows a block at 10 classes
     Z, y, U, b, lam, (ref, dU, db) = _small_problem()
@@ -184,7 +185,7 @@ def test_the_curvature_comes_with_the_same_evaluation(monkeypatch):
     the same formula over every third row, counted from the first across the blocks."""
     import torch
 
-    import tasks.linear_probe as lp
+    import bench.probe_loss as lp
 
     monkeypatch.setattr(lp, "BLOCK_ELEMENTS", 800)  # 80 rows a block: the sampled rows straddle them
     Z, y, U, b, lam, _ = _small_problem()
@@ -212,7 +213,8 @@ def test_the_whole_block_of_the_hessian_inverts_it_at_any_weights():
     exact: checked too), off the one flat direction (all classes' biases at once)."""
     import torch
 
-    from tasks.linear_probe import hessian_coordinates, kronecker_inverse, loss_and_grad, second_moment_basis
+    from bench.probe_loss import hessian_coordinates, loss_and_grad
+    from bench.probe_solver import kronecker_inverse, second_moment_basis
 
     g = torch.Generator().manual_seed(1)
     X = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
@@ -245,7 +247,7 @@ def test_a_fit_started_from_the_callers_evaluation_is_the_same_fit():
     and the same count of evaluations."""
     import torch
 
-    from tasks.linear_probe import hessian_coordinates, loss_and_grad
+    from bench.probe_loss import hessian_coordinates, loss_and_grad
 
     d = load_split("digits", "train")
     X, y = standardize(_pixels(d))[0], d.labels
@@ -265,7 +267,7 @@ def test_onednn_products_give_the_float64_objective_and_gradients(monkeypatch):
     over one block of rows and over four."""
     import torch
 
-    import tasks.linear_probe as lp
+    import bench.probe_loss as lp
 
     onednn = lp._onednn_linear()
     if onednn is None:
@@ -290,7 +292,8 @@ def test_kronecker_preconditioner_inverts_the_hessian_where_rows_share_their_pro
     float64) gives back any vector off the one flat direction (all classes' biases at once)."""
     import torch
 
-    from tasks.linear_probe import kronecker_inverse, loss_and_grad, second_moment_basis
+    from bench.probe_loss import loss_and_grad
+    from bench.probe_solver import kronecker_inverse, second_moment_basis
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
@@ -318,7 +321,8 @@ def test_kronecker_preconditioner_saves_evaluations_along_the_path(monkeypatch):
     tolerance (1e-4), objectives compared at 1e-6, where the diagonal fits are close to their
     minimum too (at the weakest strengths they stop on an unchanged value: up to 1.2e-6 higher,
     which is rounding's doing and differs between runs; the Kronecker fits were never higher)."""
-    import tasks.linear_probe as lp
+    import bench.probe_solver as solver
+    from tasks.linear_probe import DEFAULT_GRID
 
     d = load_split("digits", "train")
     X, y = standardize(_pixels(d))[0], d.labels
@@ -326,9 +330,9 @@ def test_kronecker_preconditioner_saves_evaluations_along_the_path(monkeypatch):
     runs = {}
     for mode in ("kronecker", "diagonal"):
         if mode == "diagonal":
-            monkeypatch.setattr(lp, "kronecker_inverse", lambda *args: None)
-        evals = sum(fit.n_evals for _, fit in lp.fit_path(basis, y, 10, lp.DEFAULT_GRID))
-        tight = lp.fit_path(basis, y, 10, lp.DEFAULT_GRID, max_iter=5000, tol=1e-6)
+            monkeypatch.setattr(solver, "kronecker_inverse", lambda *args: None)
+        evals = sum(fit.n_evals for _, fit in solver.fit_path(basis, y, 10, DEFAULT_GRID))
+        tight = solver.fit_path(basis, y, 10, DEFAULT_GRID, max_iter=5000, tol=1e-6)
         runs[mode] = (evals, [objective(X, y, fit.W, fit.b, lam) for lam, fit in tight])
     for f_k, f_d in zip(runs["kronecker"][1], runs["diagonal"][1]):
         assert f_k <= f_d + 1e-5 * f_d + 1e-7, (f_k, f_d)
@@ -343,7 +347,7 @@ def test_fits_along_the_path_reach_each_cold_fits_minimum():
     (measured on this grid: about half with the diagonal scaling; with the Kronecker H0, which
     makes every warm start cheaper, 0.73-0.91 of them, the spread being float rounding's: the
     pixels' scale alone moves it, so the assertion asks for fewer only)."""
-    from tasks.linear_probe import fit_path
+    from bench.probe_solver import fit_path
 
     d = load_split("digits", "train")
     X, y = standardize(_pixels(d))[0], d.labels
@@ -372,7 +376,7 @@ def test_lbfgs_solves_a_badly_scaled_quadratic_and_gives_up_where_float32_does()
     line search, not at max_iter."""
     import torch
 
-    from tasks.linear_probe import lbfgs
+    from bench.probe_solver import lbfgs
 
     g = torch.Generator().manual_seed(0)
     c = torch.randn(50, generator=g, dtype=torch.float64)
@@ -398,7 +402,7 @@ def test_features_for_the_fits_start_on_a_64_byte_boundary():
     ~1.7x slower off one); a misaligned array is copied, an aligned tensor is used in place."""
     import torch
 
-    from tasks.linear_probe import as_features
+    from bench.probe_loss import as_features
 
     buf = torch.arange(64 * 33, dtype=torch.float32)
     aligned = buf[(-buf.data_ptr() % 64) // 4:][: 64 * 32].view(64, 32)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bench.datasets import load_split
-from tasks.linear_probe import LogisticRegressionLBFGS, objective, second_moment_basis, standardize
+from bench.probe_loss import objective
+from bench.probe_solver import LogisticRegressionLBFGS, second_moment_basis, standardize
 from tasks.low_data_probe import low_data_layer, sample_shots
 from tests.conftest import assert_user_error
 

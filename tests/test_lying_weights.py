@@ -8,7 +8,7 @@ import torch
 
 from bench import api
 from bench.errors import BenchError
-from bench.store import degenerate
+from bench.store_writer import degenerate
 from tests.conftest import assert_user_error
 
 

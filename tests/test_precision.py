@@ -40,7 +40,7 @@ def test_bf16_results_are_apart_from_fp32_ones(bench, tmp_path):
 
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch):
     """Where the CPU has neither AVX512-BF16 nor AMX, bf16 autocast is emulated and slower than
-    fp32 (bench perf's bf16 row: 0.15x on an AVX2-only EPYC): the run says so; fp32 says nothing,
+    fp32 (bench perf's bf16 row, docs/performance.md): the run says so; fp32 says nothing,
     and neither does bf16 where the instructions are there."""
     import bench.runtime as runtime
 

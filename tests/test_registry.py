@@ -119,7 +119,7 @@ def test_third_party_plugin_installed_with_pip_lists_and_runs(tmp_path):
                          "--results", tmp_path / "res", env=env)
     assert r.code == 0, r
     assert "mean" in r.out and "moments" in r.out
-    # The task plugin of the same package, written from the README: listed, and runs on any backbone.
+    # The task plugin of the same package, written from docs/plugins.md: listed, and runs on any backbone.
     r = bench_subprocess("tasks", "list", env=env)
     assert r.code == 0 and "nearest-centroid" in r.out and "metric=cosine" in r.out, r
     r = bench_subprocess("-q", "run", "-b", "pixels", "-b", "color-stats", "-t", "nearest-centroid", "-d", "digits",
@@ -159,9 +159,9 @@ def test_plugin_claiming_a_builtin_name_is_an_error_naming_both(tmp_path):
     assert "registered twice" in r.err and "igpt-bench" in r.err and "clash-plugin" in r.err
 
 
-def test_the_readme_shows_the_example_plugins_code_as_it_is():
-    """The plugin in examples/ is the one the README teaches: its files appear there verbatim."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_plugins_page_shows_the_example_plugins_code_as_it_is():
+    """The plugin in examples/ is the one docs/plugins.md teaches: its files appear there verbatim."""
+    readme = (ROOT / "docs" / "plugins.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     package = ROOT / "examples" / "bench-plugin-example" / "bench_plugin_example"
     for module in ("__init__.py", "centroid.py"):

@@ -162,10 +162,9 @@ def test_compare_groups_a_mixed_folder_and_leaves_out_settings(bench, tmp_path):
     _write(res, "c__digits__knn__c1", _records("c1", backbone="pixels", layers=["pixels"], task="knn",
                                                 extra_metric="k"))
     _write(res, "d__digits__knn__d1", _records("d1", backbone="resnet18", task="knn", extra_metric="k"))
-    study = [{"study": "correlation", "kind": "stat", "task": "correlation", "dataset": "digits", "run": "s1",
-              "layer": "best", "split": "test", "metric": "spearman", "value": -0.5, "quality": "bits_per_dim",
-              "n": 3}]
-    _write(res, "study__digits__correlation__s1", study)
+    from tests.test_bad_inputs import study_records
+
+    _write(res, "study__digits__correlation__s1", [dict(r, run="s1") for r in study_records()])  # a whole study
     tables = api.compare_tables(res)
     assert [t.split(":")[0] for t, _ in tables] == ["linear-probe · digits", "knn · digits"]
     for _, table in tables:

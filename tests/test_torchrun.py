@@ -9,7 +9,8 @@ import sys
 import h5py
 import numpy as np
 
-from bench.store import _batch_digest, open_activations, shard_rows
+from bench.store import open_activations
+from bench.store_writer import batch_digest, shard_rows
 
 EXTRACT = ["-q", "extract", "-b", "resnet18", "-d", "digits", "--split", "train", "--limit", "300",
            "--image-size", "32", "--batch-size", "32", "--device", "cpu"]
@@ -75,7 +76,7 @@ def test_a_killed_launch_resumes_its_shards(tmp_path):
                 # A torn batch past the count, as a kill during a write leaves.
                 (shard / f"{i:03d}.f32").write_bytes(rows.tobytes() + b"\x7f" * 100)
             ends = list(range(lo + batch, done, batch)) + [done] if done > lo else []
-            digests = [[end, _batch_digest([f["layers"][layer][start:end] for layer in widths])]
+            digests = [[end, batch_digest([f["layers"][layer][start:end] for layer in widths])]
                        for start, end in zip([lo] + ends[:-1], ends)]  # each counted batch's checksum
             meta = {"identity": identity, "batch_size": batch, "n_rows": n, "widths": widths, "rows": [lo, hi]}
             (shard / "progress.json").write_text(json.dumps({"meta": meta, "rows_done": done, "batches": digests}))
@@ -104,8 +105,8 @@ def test_bench_run_under_torchrun_shards_extraction_and_probes_on_rank_0(tmp_pat
 def _group_worker(rank, world, port, out):
     import torch.distributed as dist
 
+    from bench.distributed import Group
     from bench.errors import BenchError
-    from bench.store import Group
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     group, said = Group(rank, world), []
@@ -159,3 +160,17 @@ def test_an_unreadable_cache_file_is_made_again_but_a_users_out_is_refused(bench
     mine.write_bytes(cached.read_bytes()[:-300])
     r = bench("-q", *args, "--out", mine)
     assert r.code == 2 and "not a readable HDF5 file" in r.err
+
+
+def test_a_user_error_under_torchrun_is_one_line_from_rank_0_that_says_how_to_read_the_launchers_report(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_CACHE=str(tmp_path / "cache"))
+    r = _torchrun(["-q", "run", "-b", "pixels", "-t", "knn", "-d", "digits", "-o", "k=0", "--device", "cpu",
+                   "--results", str(tmp_path / "res")], env)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1, r.stderr  # rank 0's, not one per rank
+    assert "option k='0'" in ours[0] and "the 2 processes stop alike (exit 2)" in ours[0]
+    assert "ChildFailedError report below repeats this line per process" in ours[0]
+    report = r.stderr[r.stderr.index("ChildFailedError"):]
+    assert report.count("traceback : error: task option k='0'") == 2  # the launcher names it for each process
+    assert not (tmp_path / "res").exists()

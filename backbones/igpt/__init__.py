@@ -119,7 +119,17 @@ class IGPTBackbone(Backbone):
         from .checkpoint import save_checkpoint
 
         return save_checkpoint(Path(path), self.model, self.palette, (self.height, self.width),
-                               extra={"derived_from": self.source})
+                               extra={"derived_from": self.recorded_source()})
+
+    def recorded_source(self) -> dict:
+        """Where the weights came from as records keep it: the source with its path as this
+        backbone's ``weights`` text (a job sets it as the user named it); ``config()``, hence the
+        fingerprint, keeps the loaded path, so result identities do not move."""
+        return dict(self.source, weights=self.weights) if "format" in self.source and self.weights else dict(self.source)
+
+    def provenance(self) -> dict:
+        out = super().provenance()
+        return dict(out, config=dict(out["config"], source=self.recorded_source()))
 
     def layer_widths(self):
         return {layer: self.model.cfg.n_embd for layer in self.layers}

@@ -48,6 +48,32 @@ def save_checkpoint(folder: Path, model: ImageGPT, palette: Palette, image: tupl
     return folder
 
 
+def checked_config(raw, where: Path) -> IGPTConfig:
+    """The model config of a checkpoint's ``igpt.json``, every field checked and the model's memory
+    estimated before anything is allocated: a hand-edited or foreign file can claim anything."""
+    from .model import MAX_LAYERS, MAX_WIDTH
+    from .weights import MAX_POSITIONS, check_memory
+
+    limits = {"n_colors": (2, 1 << 16), "n_positions": (1, MAX_POSITIONS), "n_embd": (1, MAX_WIDTH),
+              "n_layer": (1, MAX_LAYERS), "n_head": (1, MAX_WIDTH), "n_inner": (1, 4 * MAX_WIDTH)}
+    if not isinstance(raw, dict) or set(raw) - set(limits) - {"eps"}:
+        raise BenchError(f"{where}: its config is not an iGPT config ({str(raw)[:60]}); pass another checkpoint")
+    for key, (lo, hi) in limits.items():
+        value = raw.get(key)
+        if not (key == "n_inner" and value is None) and (
+                isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+            raise BenchError(f"{where}: config {key} = {repr(value)[:40]} must be a whole number in {lo}..{hi}; "
+                             "pass another checkpoint")
+    if raw["n_embd"] % raw["n_head"]:
+        raise BenchError(f"{where}: config n_embd {raw['n_embd']} is not divisible by n_head {raw['n_head']}")
+    eps = raw.get("eps", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise BenchError(f"{where}: config eps = {repr(eps)[:40]} must be a number in (0, 1)")
+    cfg = IGPTConfig(**raw)
+    check_memory(cfg, str(where))
+    return cfg
+
+
 def load_checkpoint(folder: Path) -> tuple[ImageGPT, Palette, tuple[int, int], dict]:
     """(model, palette, (height, width), meta) from one of our checkpoint folders."""
     from backbones.weights import apply_state_dict, load_state_dict
@@ -58,7 +84,7 @@ def load_checkpoint(folder: Path) -> tuple[ImageGPT, Palette, tuple[int, int], d
         raise BenchError(f"checkpoint {folder} lacks {', '.join(missing)}; pass a whole checkpoint folder")
     try:
         meta = json.loads((folder / "igpt.json").read_text())
-        cfg = IGPTConfig(**meta["config"])
+        cfg = checked_config(meta["config"], folder / "igpt.json")
         h, w = (int(v) for v in meta["image"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BenchError(f"{folder / 'igpt.json'} is damaged ({e}); pass another checkpoint") from None

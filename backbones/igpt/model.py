@@ -108,14 +108,15 @@ def shape_config(name: str) -> dict:
         raise BenchError(f"iGPT shape {name!r}: {heads} heads do not divide the width {width}; choose heads "
                          f"that divide it, or drop h{spec['heads']} for the default ({default_heads(width)})")
     weights = 12 * layers * width * width * 4  # bytes of the blocks' fp32 matrices
-    memory = _physical_memory()
+    memory = physical_memory()
     if memory and weights > memory // 2:
         raise BenchError(f"iGPT shape {name!r} has about {weights / 4 / 1e9:.1f}B parameters ({weights / 2**30:.0f} GiB "
                          f"in fp32), more than half of this machine's {memory / 2**30:.0f} GiB; choose a smaller shape")
     return {"n_embd": width, "n_layer": layers, "n_head": heads}
 
 
-def _physical_memory() -> int | None:
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -147,8 +148,8 @@ def mlp(x, fc_w, fc_b, proj_w, proj_b):
     ``fc_w`` and ``proj_w`` are the layers' weights as [in, out] matrices (``Linear.weight.t()``).
     quick_gelu(h) = silu(a h) / a with a = 1.702, and both scalings ride on the matrix products:
     addmm(b, x, W^T, beta=a, alpha=a) = a (x W^T + b), and the 1/a goes into ``proj``'s alpha. The
-    same function of the same weights. Measured on the 2-core CPU at iGPT-S's MLP, batch 4 x 1,024
-    tokens: the activation took 12 ms instead of 43 ms.
+    same function of the same weights, in one memory pass where three were the cost
+    (docs/performance.md).
     """
     shape = x.shape
     h = torch.addmm(fc_b, x.reshape(-1, shape[-1]), fc_w, beta=GELU_SCALE, alpha=GELU_SCALE)
@@ -208,9 +209,7 @@ class Block(nn.Module):
         holding the keys and values of positions < t (its buffers allocated by an earlier
         ``forward``). The same function, written as plain tensor ops on the block's weights, without
         module calls or reshapes of the past: a sampler calls it once per token and block, and at
-        small widths its cost is mostly that overhead. Measured on the 2-core CPU, 15 alternated
-        rounds of 16 images: a 4x128 model at 196 tokens sampled in 0.490 s instead of 0.576 s
-        (medians); an 8x256 one at 400 tokens, bound by its matrix products, stayed at 6.1 s."""
+        small widths its cost is mostly that overhead (docs/performance.md)."""
         B, C = x.shape
         attn, H = self.attn, self.attn.n_head
         qkv_w, out_w, fc_w, proj_w = cache.get("weights") or cache.setdefault("weights", self._decode_weights())
@@ -231,14 +230,11 @@ class Block(nn.Module):
     def _decode_weights(self) -> tuple:
         """The block's four weights as [in, out] matrices for ``decode``: on a CPU, contiguous
         copies, made once per sampled batch and kept in its cache. MKL multiplies a few rows by a
-        contiguous [in, out] matrix faster than by the transposed view of ``Linear.weight``.
-        Measured on the 2-core CPU against two copies of the old code in each of 41 alternated
-        rounds of 16 images: a 4x128 model at 196 tokens sampled in 0.618 s instead of 0.654 and
-        0.655 s (medians; the paired ratios' medians 0.944 and 0.927, the two old copies' 1.03). An
-        8x256 model at 784 tokens, bound by its larger products, gained nothing (12.86 s against
-        13.50 and 12.86 s, 5 rounds). For the thousands of rows of ``forward`` the layout makes no
-        difference (within 4 %), and a GPU's GEMMs take either, so there the views are used as
-        they are. The price on a CPU is a second copy of the block weights while a batch samples."""
+        contiguous [in, out] matrix faster than by the transposed view of ``Linear.weight`` (small
+        models gain, large ones are bound by their products: docs/performance.md). For the
+        thousands of rows of ``forward`` the layout makes no difference, and a GPU's GEMMs take
+        either, so there the views are used as they are. The price on a CPU is a second copy of the
+        block weights while a batch samples."""
         weights = (self.attn.c_attn.weight, self.attn.c_proj.weight, self.c_fc.weight, self.c_proj.weight)
         cpu = weights[0].device.type == "cpu"
         return tuple(w.t().contiguous() if cpu else w.t() for w in weights)

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets import MAX_SEED
+from bench.distributed import barrier, is_main, join_processes, leave
 from bench.errors import BenchError
-from bench.runtime import autocast_for, join_processes, warn_slow_bf16
+from bench.runtime import autocast_for, warn_slow_bf16
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
 from .model import IGPTConfig, ImageGPT, shape_config, with_sos
@@ -145,18 +146,16 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     same function of the same weights, fused into fewer kernels. It is not a setting of the run:
     a run may resume with or without it. The first step pays the compilation."""
     import contextlib
-    import os
 
+    from bench.files import check_writable
     from bench.lock import Busy, exclusive, holder
-    from bench.store import check_writable
 
     _validate(cfg)
     out = Path(out)
     check_writable(out / "run.json", "--out")
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     # One run writes a folder at a time (rank 0 of a torchrun launch holds the lock for all).
-    guard = exclusive(out / "run.json", "pretraining into", log, wait=False) if os.environ.get(
-        "RANK", "0") == "0" else contextlib.nullcontext()
+    guard = exclusive(out / "run.json", "pretraining into", log, wait=False) if is_main() else contextlib.nullcontext()
     try:
         guard.__enter__()
     except Busy:
@@ -201,13 +200,12 @@ def check_run_folder(out: Path, settings: dict) -> None:
 
 def _pretrain(cfg: TrainConfig, out: Path, settings: dict, device: str, quiet: bool, log, compile: bool) -> Path:
     import torch
-    import torch.distributed as dist
 
     from bench.datasets import load_split
     from bench.runtime import progress_bar
 
     check_run_folder(out, settings)
-    rank, world, device, _ = join_processes(device)
+    rank, world, device, started = join_processes(device)
     if cfg.batch_size % world:
         raise BenchError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     main = rank == 0
@@ -289,9 +287,7 @@ def _pretrain(cfg: TrainConfig, out: Path, settings: dict, device: str, quiet: b
                     with open(out / "log.jsonl", "a") as f:
                         f.write(json.dumps(rec) + "\n")
                     log(f"step {done}: train loss {loss.item():.4f}, val {bpd:.4f} bits/dim")
-                if world > 1:
-                    dist.barrier()
-    if world > 1:
-        dist.destroy_process_group()
+                barrier(world)
+    leave(started)
     return final or latest_checkpoint(out)
 

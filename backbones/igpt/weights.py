@@ -13,8 +13,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-from .model import MAX_LAYERS, MAX_WIDTH, IGPTConfig, ImageGPT, from_transformers_state_dict
-from .model import _physical_memory as physical_memory
+from .model import MAX_LAYERS, MAX_WIDTH, IGPTConfig, ImageGPT, from_transformers_state_dict, physical_memory
 from .palette import Palette
 
 MAX_POSITIONS = 1 << 16  # 256 x 256 tokens: far past any ImageGPT
