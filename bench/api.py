@@ -59,9 +59,10 @@ def run(backbone, task, dataset, *, weights=None, pretrained: bool = False, imag
     """
     from bench import sweep
     from bench.job import Settings
-    from bench.report import frame
-    from bench.runtime import resolve_threads, using_threads
+    from bench.runs import frame
+    from bench.runtime import keep_freed_memory, resolve_threads, using_threads
 
+    keep_freed_memory()  # as the CLI does: batches reuse freed memory instead of faulting it in afresh
     args = _checked(backbone=backbone, task=task, dataset=dataset, weights=weights, image_size=image_size, layers=layers,
                     options=options, limit=limit, data_root=data_root, tag=tag, results=results, cache=cache,
                     batch_size=batch_size, device=device, precision=precision, log=log)
@@ -121,8 +122,9 @@ def extract(backbone: str, dataset: str, split: str, *, layers="all", weights=No
     from backbones.base import BackboneOptions, DataSpec, create_backbone
     from bench.datasets import load_split
     from bench.extract import extract as extract_split
-    from bench.runtime import resolve_threads, using_threads
+    from bench.runtime import keep_freed_memory, resolve_threads, using_threads
 
+    keep_freed_memory()  # as the CLI does
     _name("--backbone", backbone), _name("--dataset", dataset), _optional_path("--weights", weights)
     args = _checked(split=split, layers=layers, image_size=image_size, seed=seed, limit=limit, data_root=data_root,
                     out=out, cache=cache, batch_size=batch_size, device=device, precision=precision, log=log)
@@ -144,7 +146,7 @@ def extract(backbone: str, dataset: str, split: str, *, layers="all", weights=No
 def report(*paths, best: bool = False) -> pd.DataFrame:
     """Results files or folders -> the tidy frame of ``bench report`` (all columns); with
     ``best``, a boolean ``best`` column marks each run's layer with the best val top-1."""
-    from bench.report import load, mark_best
+    from bench.runs import load, mark_best
 
     df = load(_paths(paths))
     return mark_best(df) if best else df
@@ -156,21 +158,21 @@ def compare(*paths, against: str | None = None, all_metrics: bool = False) -> pd
     results file or run label), then each run's best layer by val top-1. Folders contribute every
     run in them; study files and the settings tasks chose (L2, k, epoch) are left out unless
     ``all_metrics``. Runs of several (dataset, task) pairs: ``compare_tables``."""
-    from bench.report import compare as side_by_side
+    from bench.compare import compare as side_by_side
 
     return side_by_side(_compare_frame(paths), against, all_metrics)
 
 
 def compare_tables(*paths, against: str | None = None, all_metrics: bool = False) -> list[tuple[str, pd.DataFrame]]:
     """``compare`` per (dataset, task) of the runs given: [(title, DataFrame)]."""
-    from bench.report import compare_tables as tables
+    from bench.compare import compare_tables as tables
 
     return tables(_compare_frame(paths), against, all_metrics)
 
 
 def _compare_frame(paths) -> pd.DataFrame:
     from bench.records import collect
-    from bench.report import load
+    from bench.runs import load
 
     files = [str(f) for f in collect(_paths(paths))]
     if len(files) < 2:
@@ -196,7 +198,7 @@ def paired(*paths, layers=None, against: str | None = None) -> pd.DataFrame:
     predictions kept), whose paired columns are then empty."""
     from bench.paired import paired_table, parse_layer_pair
     from bench.records import collect
-    from bench.report import load
+    from bench.runs import load
 
     pair = parse_layer_pair(",".join(layers) if isinstance(layers, (list, tuple)) else layers)
     files = [str(f) for f in collect(_paths(paths))]
@@ -210,7 +212,7 @@ def per_class(*paths) -> list[tuple[str, pd.DataFrame]]:
     """``bench report --per-class``'s tables: per dataset and task, the per-class test top-1 of each
     run's layer chosen by val, then a confusion matrix per run: [(title, DataFrame)]."""
     from bench.paired import per_class_tables
-    from bench.report import load
+    from bench.runs import load
 
     return per_class_tables(load(_paths(paths)))
 

@@ -1,13 +1,18 @@
-"""`bench benchmark`: our implementations against named references, measured in one run.
+"""The references our fast paths are timed against, and the component comparisons of
+``bench perf probe|pretrain|sample|knn`` (one component with the user's backbone or sizes; the
+``bench perf`` rows in ``bench.perf`` use the same references and timers):
 
-- probe: our linear probe against looping scikit-learn's lbfgs on the same grid, same
-  standardization, same data; both results and the speed ratio;
-- pretrain: fp32 against bf16-autocast training steps from the same init and batch;
-- sample: KV-cached sampling against recomputing the prefix at every step.
+- probe: our linear probe against scikit-learn's lbfgs (``sklearn_fit``) looped over the same
+  grid, same standardization, same data; both results and the speed ratio;
+- pretrain: fp32 against bf16-autocast (and compiled) training steps from the same init and batch;
+- sample: KV-cached sampling against recomputing the prefix at every step (``samplers``), and
+  against transformers' ``generate`` (``transformers_pair``);
+- knn: our blocked cosine kNN against scikit-learn's brute force, each in a fresh process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import TYPE_CHECKING
@@ -23,28 +28,32 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def sklearn_probe(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, tol=1e-4):
-    """The reference: LogisticRegression(lbfgs) refit from scratch at every strength."""
+def sklearn_fit(X, y, l2: float, max_iter: int = 1000, tol: float = 1e-4):
+    """The reference fit: scikit-learn's LogisticRegression(lbfgs) at our L2 strength (mean loss +
+    l2/2 |W|^2, i.e. C = 1 / (l2 n)), from scratch; its convergence warnings muted (the objective
+    is compared, not the iteration count)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    Xtr_s, Xva_s = standardize(Xtr, Xva)
-    best = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for lam in grid:
-            clf = LogisticRegression(C=1.0 / (lam * len(ytr)), solver="lbfgs", max_iter=max_iter, tol=tol)
-            clf.fit(Xtr_s, ytr)
-            acc, _ = top1(clf.predict(Xva_s), yva)
-            if best is None or acc > best[0]:
-                best = (acc, lam)
-        Xall, yall = np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])
-        Xall_s, Xte_s = standardize(Xall, Xte)
-        clf = LogisticRegression(C=1.0 / (best[1] * len(yall)), solver="lbfgs", max_iter=max_iter, tol=tol)
-        clf.fit(Xall_s, yall)
-    test, _ = top1(clf.predict(Xte_s), yte)
+        return LogisticRegression(C=1.0 / (l2 * len(y)), solver="lbfgs", max_iter=max_iter, tol=tol).fit(X, y)
+
+
+def sklearn_probe(Xtr, ytr, Xva, yva, Xte, yte, grid, max_iter=1000, tol=1e-4):
+    """The reference probe: ``sklearn_fit`` refit from scratch at every strength, the best on val
+    refit on train + val: (val top-1, test top-1, strength)."""
+    Xtr_s, Xva_s = standardize(Xtr, Xva)
+    best = None
+    for lam in grid:
+        acc, _ = top1(sklearn_fit(Xtr_s, ytr, lam, max_iter, tol).predict(Xva_s), yva)
+        if best is None or acc > best[0]:
+            best = (acc, lam)
+    Xall, yall = np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])
+    Xall_s, Xte_s = standardize(Xall, Xte)
+    test, _ = top1(sklearn_fit(Xall_s, yall, best[1], max_iter, tol).predict(Xte_s), yte)
     return best[0], test, best[1]
 
 
@@ -69,7 +78,8 @@ def compare_steps(shape: str, n_colors: int, size: int, batch: int, steps: int, 
     first two steps of each are warm-up (and compilation) and not timed."""
     import torch
 
-    from backbones.igpt.model import IGPTConfig, ImageGPT, shape_config
+    from backbones.igpt.model import IGPTConfig, ImageGPT
+    from backbones.igpt.shapes import shape_config
     from backbones.igpt.train import train_step
     from bench.runtime import autocast_for
 
@@ -96,7 +106,7 @@ def compare_steps(shape: str, n_colors: int, size: int, batch: int, steps: int, 
 
 def pretrain_benchmark(shape: str, image_size: int, colors: int, batch_size: int, steps: int,
                        device: str = "cpu", compile: bool = False) -> pd.DataFrame:
-    """`bench benchmark pretrain`: a row per precision (and compiled variant), with the speed-up
+    """`bench perf pretrain`: a row per precision (and compiled variant), with the speed-up
     against eager fp32."""
     import pandas as pd
 
@@ -110,7 +120,7 @@ def pretrain_benchmark(shape: str, image_size: int, colors: int, batch_size: int
 def probe_benchmark(backbone: str, options, dataset: str, *, layers="all", task_options=(), data_root=None,
                     limit=None, batch_size: int = 256, device: str = "cpu", quiet: bool = True,
                     log=None) -> pd.DataFrame:
-    """`bench benchmark probe`: per layer, our probe and looped sklearn on the same features."""
+    """`bench perf probe`: per layer, our probe and looped sklearn on the same features."""
     import pandas as pd
 
     from bench.api import extract
@@ -135,23 +145,88 @@ def probe_benchmark(backbone: str, options, dataset: str, *, layers="all", task_
     return pd.DataFrame(rows)
 
 
-def sample_benchmark(backbone, n: int, seed: int = 0) -> pd.DataFrame:
-    """`bench benchmark sample`: KV-cached sampling against recomputing the prefix each step,
-    from the same seed: seconds, speed-up and whether the images are the same."""
-    import pandas as pd
+def transformers_pair(n_layer: int, n_embd: int, n_head: int, n_colors: int, n_positions: int, seed: int = 0,
+                      head: bool = False):
+    """A random transformers ImageGPT (with the image head where ``head``; norms and biases
+    perturbed so they matter) and our model with the same weights."""
+    import torch
 
-    times, outs = {}, {}
-    for name, cache in (("kv-cache", True), ("full recompute", False)):
-        t = time.perf_counter()
-        outs[name] = backbone.sample(n, 1.0, None, seed, use_cache=cache)
-        times[name] = time.perf_counter() - t
-    same = bool(np.array_equal(outs["kv-cache"], outs["full recompute"]))
+    from backbones.igpt.model import IGPTConfig, ImageGPT, from_transformers_state_dict
+    from bench.measure import transformers_or_none
+
+    transformers = transformers_or_none()
+    torch.manual_seed(seed)
+    cfg = transformers.ImageGPTConfig(vocab_size=n_colors + 1, n_positions=n_positions, n_embd=n_embd,
+                                      n_layer=n_layer, n_head=n_head)
+    cls = transformers.ImageGPTForCausalImageModeling if head else transformers.ImageGPTModel
+    ref = cls(cfg).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ours = ImageGPT(IGPTConfig(n_colors=n_colors, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                               n_head=n_head)).eval()
+    sd = from_transformers_state_dict(ref.state_dict(), ours.cfg)
+    sd.setdefault("head.weight", ours.head.weight.detach().clone())
+    ours.load_state_dict(sd)
+    return ref, ours
+
+
+def samplers(model, tokens: int, n: int, out: dict, recompute: bool = True, ref=None, seed: int = 0) -> dict:
+    """The sampling contenders for ``n`` images of ``tokens`` positions, as calls to time: our
+    cached sampler (``cache``), recomputing the prefix each step where ``recompute`` (the
+    official sampler's way), and transformers' ``generate(use_cache=True)`` where ``ref`` is given;
+    ours keep their first tokens in ``out``."""
+    import torch
+
+    from backbones.igpt.sample import generate
+
+    prefix = torch.zeros((n, 0), dtype=torch.long)
+
+    def ours(use_cache):
+        return lambda: out.setdefault("cache" if use_cache else "recompute",
+                                      generate(model, prefix, tokens, seed=seed, use_cache=use_cache))
+
+    fns = {"cache": ours(True)}
+    if recompute:
+        fns["recompute"] = ours(False)
+    if ref is not None:
+        sos = torch.full((n, 1), model.cfg.sos, dtype=torch.long)
+
+        def hf():
+            # the prompt is the start token, which also serves as the pad id (ImageGPT has none), so
+            # generate warns of right-padding on every call; it is not padding, and the warning is muted
+            log = logging.getLogger("transformers.generation.utils")
+            level = log.level
+            log.setLevel(logging.ERROR)
+            try:
+                return ref.generate(input_ids=sos, max_length=tokens + 1, do_sample=True, top_k=0, use_cache=True,
+                                    pad_token_id=model.cfg.sos)
+            finally:
+                log.setLevel(level)
+
+        fns["hf"] = hf
+    return fns
+
+
+def sample_benchmark(backbone, n: int, seed: int = 0) -> pd.DataFrame:
+    """`bench perf sample`: KV-cached sampling against recomputing the prefix each step, from the
+    same seed: seconds, speed-up and whether the images are the same."""
+    import pandas as pd
+    import torch
+
+    from bench.measure import interleaved_medians
+
+    out = {}  # each sampler's tokens: generate runs under inference_mode
+    t = interleaved_medians(samplers(backbone.model, backbone.height * backbone.width, n, out, seed=seed), 1,
+                            warmup=False)
+    times = {"kv-cache": t["cache"], "full recompute": t["recompute"]}
+    same = bool(torch.equal(out["cache"], out["recompute"]))
     return pd.DataFrame([{"method": k, "seconds": v, "speed-up vs full": times["full recompute"] / v,
                           "same images": same} for k, v in times.items()])
 
 
 def knn_features(n_train: int, n_query: int, dim: int, n_classes: int, seed: int = 0):
-    """Synthetic float32 features for `bench benchmark knn`: Gaussian classes around random means
+    """Synthetic float32 features for `bench perf knn`: Gaussian classes around random means
     (train, train labels, queries, query labels), the same for the same arguments."""
     rng = np.random.default_rng(seed)
     means = 0.15 * rng.standard_normal((n_classes, dim), dtype=np.float32)
@@ -199,7 +274,7 @@ def _knn_child(method: str, sizes: tuple, ks: list[int], temperature: float, blo
 def knn_benchmark(n_train: int = 54000, n_query: int = 10000, dim: int = 256, n_classes: int = 10,
                   ks=(10, 20, 50, 100, 200), temperature: float = 0.07, block_size: int = 32768, seed: int = 0,
                   device: str = "cpu", sklearn: bool = True) -> pd.DataFrame:
-    """`bench benchmark knn`: our blocked cosine kNN (all of ``ks`` from one top-max(ks) search)
+    """`bench perf knn`: our blocked cosine kNN (all of ``ks`` from one top-max(ks) search)
     against scikit-learn's brute-force ``KNeighborsClassifier`` (cosine, the same exp(sim/T)
     weights, k = max(ks)) on the same synthetic features, each in a fresh process: seconds, CPU
     seconds, queries/s, peak memory, and how often the two predict the same label at k = max(ks)."""

@@ -123,6 +123,8 @@ def _train(train, classes: int, seed: int, device: str, progress):
     import torch
     import torch.nn.functional as F
 
+    from bench.training import adamw
+
     torch.manual_seed(seed)
     net = _network(int(train.images.shape[3]), classes).to(device)
     x_all = to_input(train.images)
@@ -131,10 +133,9 @@ def _train(train, classes: int, seed: int, device: str, progress):
     per_epoch = -(-n // bs)
     epochs = max(RECIPE["epochs"], -(-RECIPE["min_steps"] // per_epoch))  # small datasets: more passes
     steps = epochs * per_epoch
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    rest = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": RECIPE["weight_decay"]},
-                             {"params": rest, "weight_decay": 0.0}], lr=RECIPE["lr"])
+    opt = adamw(net, RECIPE["lr"], RECIPE["weight_decay"])
+    # OneCycleLR, not the shared warm-up/cosine factor: the stored classifiers and every sample-quality
+    # number made with them come from this schedule.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=RECIPE["lr"], total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     net.train()

@@ -10,7 +10,8 @@ import math
 
 import pandas as pd
 
-from bench.report import fmt, summary_tables
+from bench.render import fmt
+from bench.report import summary_tables
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1d2433; }

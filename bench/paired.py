@@ -172,7 +172,7 @@ PAIRED_COLUMNS = ["dataset", "task", "compared", "A", "layer A", "B", "layer B",
 
 def _scored(df: pd.DataFrame) -> pd.DataFrame:
     """The val and test top-1 rows of single runs (no study, curve or low-data budget rows)."""
-    from bench.report import curve_rows, study_rows
+    from bench.runs import curve_rows, study_rows
 
     rows = df[(df.metric == "top1") & df.split.isin(["val", "test"]) & ~curve_rows(df) & ~study_rows(df)]
     if "shots" in rows.columns:
@@ -205,7 +205,7 @@ def paired_table(df: pd.DataFrame, layers: tuple[str, str] | None = None, agains
     layer B against layer A within each run. The unpaired columns (top-1 A and B, Δ) are always
     there; the paired ones only where both sides kept predictions of the same examples, ``note``
     says why not elsewhere."""
-    from bench.report import best_layers, run_label, run_order
+    from bench.runs import best_layers, run_label, run_order
 
     rows = _scored(df)
     order = run_order(df)
@@ -331,7 +331,7 @@ class Chosen:
 
 def _chosen(df: pd.DataFrame) -> dict[tuple[str, str], list[Chosen]]:
     """Per (dataset, task) of classifying runs: each run's chosen layer and its test predictions."""
-    from bench.report import best_layers, run_label
+    from bench.runs import best_layers, run_label
 
     rows = _scored(df)
     best, labels = best_layers(df), run_label(df)
@@ -426,7 +426,7 @@ def confusion_figures(df: pd.DataFrame) -> dict:
 
 def render_tables(tables: list[tuple[str, pd.DataFrame]], fmt_name: str = "table") -> str | None:
     """Titled tables: printed (``table``; returns None), or Markdown / CSV text (a title line each)."""
-    from bench.report import render
+    from bench.render import render
 
     texts = []
     for title, table in tables:

@@ -5,10 +5,10 @@ Rows (a row that the machine or the installed packages cannot run says why and i
 
 - ``extract-all`` / ``extract-mid``: iGPT hidden states of every layer / of the middle layer only
   (ours stops there) against transformers' ``ImageGPTModel(output_hidden_states=True)``, same
-  weights, fp32; check: the states agree. The note adds the ceiling: the reference's time over the
+  weights, fp32; check: the states agree. The ceiling ("at most") is the reference's time over the
   time of the FLOPs the forward needs (causal attention at half its score matrix) at the rate of one
-  matmul of the shape's MLP (its largest product), the gain of an implementation that ran every FLOP
-  at that rate; and each side's share of that rate.
+  matmul of the shape's MLP (its largest product): the gain of an implementation that ran every FLOP
+  at that rate. Target: the geometric mean over the shapes reaches 0.9 of that ceiling's.
 - ``flops``: achieved FLOP/s of an iGPT-S-shaped forward over the FLOP/s of one fp32 matmul of its
   MLP's size; ``bf16``: the same forward under bf16 autocast against fp32; check: features agree.
 - ``probe``: the linear probe's whole default grid against ONE scikit-learn lbfgs fit at the
@@ -18,32 +18,40 @@ Rows (a row that the machine or the installed packages cannot run says why and i
 - ``sample-cache`` / ``sample-hf``: KV-cached sampling against recomputing the prefix (the official
   sampler) and against transformers ``generate(use_cache=True)``; check: the same tokens as the
   recomputation; the same logits as transformers.
-
 - ``dev-extract`` / ``dev-pretrain`` / ``dev-probe`` (group ``gpu``, where CUDA is visible): iGPT-S
   extraction and a pretraining step under bf16 as a fraction of one large bf16 matmul's measured
   rate, and the linear probe of 8 layers on the device; checks: bf16 features against fp32, the
   loss going down, the device probe against the CPU's.
 
-``quick`` shrinks every size (a smoke test, minutes on 2 cores; its ratios are shown, its targets
-judged in full mode only); the full mode runs the issue's sizes. ``busy`` runs every row beside a
-process that keeps one of this process's CPUs busy: a shared machine, where loops of tiny parallel
-operators wait for threads the other process holds up (``bench.runtime.ThreadPacer``), and the
-same targets hold. Ratios are reference time / our time (> 1: we are faster).
+``quick`` shrinks every size (a smoke test: targets are judged in full mode only). ``busy`` runs
+every row beside a process that keeps one of our CPUs busy, as on a shared machine; the same targets
+hold. Ratios are reference time / our time (> 1: we are faster). Timers and FLOP counts come from
+``bench.measure``, the references from ``bench.benchmark`` (as ``bench perf probe|sample|…`` use).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import platform
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from bench.benchmark import samplers, sklearn_fit, transformers_pair
+from bench.measure import (
+    bench_peak_memory,
+    busy_neighbour,
+    count_flops,
+    counted,
+    interleaved_medians,
+    machine,
+    matmul_rate,
+    median_time,
+    necessary_flops,
+    profile_call,
+    transformers_or_none,
+)
 
 
 @dataclass
@@ -60,140 +68,10 @@ class Row:
     ok: bool | None = None  # the correctness check passed (None: not applicable)
     note: str = ""
     ceiling: float | None = None  # the largest ratio the measured matmul rate allows (extraction rows)
-    profile: list[dict] | None = None  # where our side's time goes (``--profile``): ``_profile``'s entries
+    profile: list[dict] | None = None  # where our side's time goes (``--profile``): ``profile_call``'s entries
 
 
-def machine() -> dict:
-    import torch
-
-    from bench.runtime import available_cpus
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cores": os.cpu_count(), "usable cpus": available_cpus(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import transformers
-
-        out["transformers"] = transformers.__version__
-    except ImportError:
-        out["transformers"] = None
-    return out
-
-
-def _median_time(fn: Callable[[], object], repeat: int, device: str = "cpu") -> float:
-    """Median wall seconds of ``repeat`` calls after one untimed warm-up call (on a GPU, each
-    waited for)."""
-    return _interleaved_medians({"fn": fn}, repeat, device=device)["fn"]
-
-
-def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int, warmup: bool = True,
-                         device: str = "cpu") -> dict[str, float]:
-    """Median wall seconds of each contender over ``repeat`` rounds, one call of each per round
-    (after one untimed round where ``warmup``; on a GPU, each call waited for): on a shared machine
-    whose speed drifts over tens of seconds, alternating puts both sides of a ratio under the same
-    conditions, where timing one side's repeats and then the other's does not."""
-    import torch
-
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    if warmup:
-        for fn in fns.values():
-            fn()
-        sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t)
-    return {name: float(np.median(ts)) for name, ts in times.items()}
-
-
-PROFILE_TOP = 6  # operators (kernels on a GPU) per profiled row
-
-
-def _profile(fn: Callable[[], object], device: str = "cpu", top: int = PROFILE_TOP) -> list[dict]:
-    """Where one more call of ``fn`` spends its time, by torch's profiler: the ``top`` operators by
-    self time (on a GPU, the kernels by device time), each as ``{"op", "seconds", "calls",
-    "share"}`` with share the fraction of the call's wall time, then ``(other operators)`` and the
-    rest of the wall time, ``(outside operators)`` (Python, dispatch; on a GPU, ``(device idle)``).
-    The profiler's own cost per operator call (microseconds) is in the figures: a loop of many
-    tiny calls, such as the sampler's, runs slower profiled than timed. On a CPU, kineto's log is
-    silenced unless ``KINETO_LOG_LEVEL`` is set (read at the profiler's first use in a process):
-    a CUDA build of torch on a machine without a GPU logs start, stop and a device-count error to
-    stderr at every use. A profiler that fails leaves one entry that says so, and the row's
-    figures stand (its call ran unprofiled before)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = str(device).startswith("cuda")
-    if not cuda:
-        os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # above every level it logs at
-    profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
-    try:
-        with profiler:
-            start = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            wall = time.perf_counter() - start
-    except RuntimeError as e:  # the call ran unprofiled before: the profiler failed, not the row
-        return [{"op": f"(profiler failed: {str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                 "seconds": 0.0, "calls": None, "share": 0.0}]
-    if cuda:
-        timed = [(e.key, getattr(e, "self_device_time_total", 0) / 1e6, e.count) for e in profiler.key_averages()
-                 if e.device_type == torch.autograd.DeviceType.CUDA]
-    else:
-        timed = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in profiler.key_averages()]
-    timed = sorted((t for t in timed if t[1] > 0), key=lambda t: -t[1])
-    entries = [{"op": op, "seconds": s, "calls": n, "share": s / wall} for op, s, n in timed[:top]]
-    rest = sum(s for _, s, _ in timed[top:])
-    if rest:
-        entries.append({"op": "(other operators)", "seconds": rest, "calls": sum(n for *_, n in timed[top:]),
-                        "share": rest / wall})
-    outside = max(wall - sum(s for _, s, _ in timed), 0.0)
-    entries.append({"op": "(device idle)" if cuda else "(outside operators)", "seconds": outside, "calls": None,
-                    "share": outside / wall})
-    return entries
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        return None
-    return transformers
-
-
-def _pair(n_layer: int, n_embd: int, n_head: int, n_colors: int, n_positions: int, seed: int = 0, head=False):
-    """A random transformers ImageGPT (norms and biases perturbed so they matter) and our model with
-    the same weights."""
-    import torch
-
-    from backbones.igpt.model import IGPTConfig, ImageGPT, from_transformers_state_dict
-
-    transformers = _transformers()
-    torch.manual_seed(seed)
-    cfg = transformers.ImageGPTConfig(vocab_size=n_colors + 1, n_positions=n_positions, n_embd=n_embd,
-                                      n_layer=n_layer, n_head=n_head)
-    cls = transformers.ImageGPTForCausalImageModeling if head else transformers.ImageGPTModel
-    ref = cls(cfg).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    ours = ImageGPT(IGPTConfig(n_colors=n_colors, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                               n_head=n_head)).eval()
-    sd = from_transformers_state_dict(ref.state_dict(), ours.cfg)
-    sd.setdefault("head.weight", ours.head.weight.detach().clone())
-    ours.load_state_dict(sd)
-    return ref, ours
+CEILING_SHARE = 0.9  # of the ceiling an extraction row's geometric mean must reach
 
 
 def extraction_rows(quick: bool, profile: bool = False) -> list[Row]:
@@ -206,10 +84,10 @@ def extraction_rows(quick: bool, profile: bool = False) -> list[Row]:
         [(12, 256, 4, 784, 16, 8), (24, 512, 8, 1024, 512, 4)]
     repeat = 2 if quick else 3
     rows = []
-    if _transformers() is None:
+    if transformers_or_none() is None:
         return [Row("extract-all", "transformers not installed", note="pip install -e '.[perf]'")]
     for n_layer, n_embd, n_head, tokens, colors, batch in shapes:
-        ref, ours = _pair(n_layer, n_embd, n_head, colors, tokens)
+        ref, ours = transformers_pair(n_layer, n_embd, n_head, colors, tokens)
         idx = torch.randint(0, colors + 1, (batch, tokens), generator=torch.Generator().manual_seed(0))
         mid = f"h{n_layer // 2}"
         setting = f"{n_layer}x{n_embd} @{tokens} tokens, batch {batch}"
@@ -220,39 +98,31 @@ def extraction_rows(quick: bool, profile: bool = False) -> list[Row]:
                 "mid": lambda ours=ours, idx=idx, mid=mid: ours.forward_intermediates(idx, [mid], stop_early=True),
             }
             hf = runs["ref"]().hidden_states
-            counter, mine = _counted(runs["all"])  # the states for the check, and the FLOPs they took
+            counter, mine = counted(runs["all"])  # the states for the check, and the FLOPs they took
             err = max(float((mine[mid] - hf[n_layer // 2]).abs().max()), float((mine["final"] - hf[-1]).abs().max()))
-            work = {"all": _necessary_flops(counter), "mid": _necessary_flops(_counted(runs["mid"])[0])}
-            t = _interleaved_medians(runs, repeat)
+            work = {"all": necessary_flops(counter), "mid": necessary_flops(counted(runs["mid"])[0])}
+            t = interleaved_medians(runs, repeat)
             t_ref = t["ref"]
-            mm_rate = _matmul_rate(batch * tokens, n_embd, 4 * n_embd, repeat=max(3, repeat))
-            profiles = {name: _profile(runs[name]) for name in ("all", "mid")} if profile else {}
+            mm_rate = matmul_rate(batch * tokens, n_embd, 4 * n_embd, repeat=max(3, repeat))
+            profiles = {name: profile_call(runs[name]) for name in ("all", "mid")} if profile else {}
         check = f"max |Δ| of {mid} and final states {err:.1e}"
-        for name, goal in (("all", "geomean >= 3x"), ("mid", "geomean >= 6x")):
+        for name in ("all", "mid"):
             # At best every necessary FLOP runs at the rate of the forward's largest matmul: the
             # reference's time over that time bounds the ratio (each side: its share of that rate).
             ceiling = t_ref * mm_rate / work[name]
-            rows.append(Row(f"extract-{name}", setting, t[name], t_ref, ratio=t_ref / t[name], target=goal,
+            rows.append(Row(f"extract-{name}", setting, t[name], t_ref, ratio=t_ref / t[name],
+                            target=f"geomean >= {CEILING_SHARE:.0%} of at most",
                             check=check, ok=err < 1e-3, ceiling=ceiling, profile=profiles.get(name),
                             note=f"ours {work[name] / t[name] / mm_rate:.0%}, transformers "
                                  f"{work['all'] / t_ref / mm_rate:.0%} of a matmul's FLOP/s"))
-    for name, goal in (("extract-all", 3.0), ("extract-mid", 6.0)):
+    for name in ("extract-all", "extract-mid"):
         mine = [r for r in rows if r.row == name]
         geo = float(np.exp(np.mean([np.log(r.ratio) for r in mine])))
         roof = float(np.exp(np.mean([np.log(r.ceiling) for r in mine])))
         for r in mine:
             r.note = f"geomean {geo:.2f}x of at most {roof:.2f}x; {r.note}"
-            r.met = geo >= goal
+            r.met = geo >= CEILING_SHARE * roof
     return rows
-
-
-def _necessary_flops(counter) -> float:
-    """The FLOPs a forward counted by ``counter`` (from ``_counted``) needs: torch's count with causal
-    attention at half its score matrix (the counter charges the masked half too; our kernel skips
-    it, transformers computes it)."""
-    per_op = counter.get_flop_counts().get("Global", {})
-    attention = sum(n for op, n in per_op.items() if "scaled_dot_product" in str(op))
-    return counter.get_total_flops() - attention / 2
 
 
 def flops_rows(quick: bool, profile: bool = False) -> list[Row]:
@@ -268,21 +138,21 @@ def flops_rows(quick: bool, profile: bool = False) -> list[Row]:
     idx = torch.randint(0, 513, (batch, tokens), generator=torch.Generator().manual_seed(0))
     run = lambda: model.forward_intermediates(idx, ["final"])  # noqa: E731
     with torch.inference_mode():
-        counter, _ = _counted(run)
+        counter, _ = counted(run)
         flops = counter.get_total_flops()
-        t32 = _median_time(run, repeat)
-        mm_rate = _matmul_rate(batch * tokens, 512, 2048, repeat=max(3, repeat))
+        t32 = median_time(run, repeat)
+        mm_rate = matmul_rate(batch * tokens, 512, 2048, repeat=max(3, repeat))
         rows = [Row("flops", f"igpt-s shape (24x512) @{tokens} tokens, batch {batch}, fp32", flops / t32 / 1e9,
                     mm_rate / 1e9, unit="GFLOP/s", ratio=flops / t32 / mm_rate, target=">= 90% of the matmul's",
                     met=flops / t32 / mm_rate >= 0.9,
                     note=f"{flops / 1e9:.1f} GFLOP per forward, causal attention counted whole as torch's counter "
-                    f"does; {_necessary_flops(counter) / t32 / mm_rate:.0%} counting the half it needs",
-                    profile=_profile(run) if profile else None)]
+                    f"does; {necessary_flops(counter) / t32 / mm_rate:.0%} counting the half it needs",
+                    profile=profile_call(run) if profile else None)]
         ref = run()["final"]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            t16 = _median_time(run, repeat)
+            t16 = median_time(run, repeat)
             low = run()["final"].float()
-            profile16 = _profile(run) if profile else None
+            profile16 = profile_call(run) if profile else None
         cos = float(torch.nn.functional.cosine_similarity(low.flatten(1), ref.flatten(1)).min())
     bf16_cpu = cpu_bf16_hardware()
     rows.append(Row("bf16", f"same forward, bf16 autocast vs fp32 ({bf16_cpu or 'no bf16 hardware'})", t16, t32,
@@ -294,11 +164,6 @@ def flops_rows(quick: bool, profile: bool = False) -> list[Row]:
 
 def probe_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
     """Our whole default grid against ONE sklearn lbfgs fit at the strength we chose."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
     from bench.datasets import load_split
     from bench.errors import BenchError
     from bench.probe_loss import objective
@@ -324,52 +189,19 @@ def probe_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
     Xall, yall = np.concatenate([X["train"], X["val"]]), np.concatenate([y["train"], y["val"]])
     Xall_s, Xte_s = standardize(Xall, X["test"])
     t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ref = LogisticRegression(C=1.0 / (fit.l2 * len(yall)), solver="lbfgs", max_iter=1000).fit(Xall_s, yall)
+    ref = sklearn_fit(Xall_s, yall, fit.l2)
     t_ref = time.perf_counter() - t
     ours = LogisticRegressionLBFGS(classes).fit(Xall_s, yall, fit.l2)
 
     f_ours = objective(Xall_s, yall, ours.W, ours.b, fit.l2)
     f_ref = objective(Xall_s, yall, ref.coef_.T, ref.intercept_, fit.l2)
-    profiled = _profile(grid) if profile else None
+    profiled = profile_call(grid) if profile else None
     ref_top1 = 100.0 * float((ref.predict(Xte_s) == y["test"]).mean())
     ok = f_ours <= f_ref + 1e-4 * abs(f_ref) + 1e-5
     return [Row("probe", f"pixels on {dataset}: our {len(DEFAULT_GRID)}-strength grid vs one sklearn fit at "
                 f"L2 {fit.l2:g}", t_ours, t_ref, ratio=t_ref / t_ours, target=">= 5x", met=t_ref / t_ours >= 5,
                 check=f"objective ours {f_ours:.6f} vs sklearn {f_ref:.6f}; test top-1 {fit.test:.2f} vs "
                 f"{ref_top1:.2f}", ok=ok, profile=profiled)]
-
-
-def _samplers(model, ref, prefix, sos, tokens: int, recompute: bool, out: dict) -> dict:
-    """The sampling row's contenders: our cached sampler, recomputation where ``recompute``, and
-    transformers' generate where ``ref``; ours keep their first tokens in ``out``."""
-    from backbones.igpt.sample import generate
-
-    def ours(use_cache):
-        return lambda: out.setdefault("cache" if use_cache else "recompute",
-                                      generate(model, prefix, tokens, seed=0, use_cache=use_cache))
-
-    fns = {"cache": ours(True)}
-    if recompute:
-        fns["recompute"] = ours(False)
-    if ref is not None:
-        colors = int(sos[0, 0])
-
-        def hf():
-            # the prompt is the start token, which also serves as the pad id (ImageGPT has none), so
-            # generate warns of right-padding on every call; it is not padding, and the warning is muted
-            log = logging.getLogger("transformers.generation.utils")
-            level = log.level
-            log.setLevel(logging.ERROR)
-            try:
-                return ref.generate(input_ids=sos, max_length=tokens + 1, do_sample=True, top_k=0, use_cache=True,
-                                    pad_token_id=colors)
-            finally:
-                log.setLevel(level)
-
-        fns["hf"] = hf
-    return fns
 
 
 def sampling_rows(quick: bool, profile: bool = False) -> list[Row]:
@@ -380,28 +212,26 @@ def sampling_rows(quick: bool, profile: bool = False) -> list[Row]:
     shapes = [(4, 128, 2, 196, 16, 4)] if quick else [(4, 128, 2, 196, 16, 16), (8, 256, 4, 784, 16, 16),
                                                       (8, 256, 4, 1024, 512, 8)]
     rows = []
-    transformers = _transformers()
+    transformers = transformers_or_none()
     for n_layer, n_embd, n_head, tokens, colors, n in shapes:
         setting = f"{n} images, {n_layer}x{n_embd} @{tokens} tokens"
         if transformers is not None:
-            ref, model = _pair(n_layer, n_embd, n_head, colors, tokens, head=True)
+            ref, model = transformers_pair(n_layer, n_embd, n_head, colors, tokens, head=True)
         else:
             from backbones.igpt.model import IGPTConfig, ImageGPT
 
             torch.manual_seed(0)
             ref, model = None, ImageGPT(IGPTConfig(n_colors=colors, n_positions=tokens, n_embd=n_embd,
                                                    n_layer=n_layer, n_head=n_head)).eval()
-        prefix = torch.zeros((n, 0), dtype=torch.long)
-        sos = torch.full((n, 1), colors, dtype=torch.long)
         out = {}  # each contender's first result
         recompute = quick or tokens <= 256  # recomputation is quadratic: the long rows would take many minutes
-        contenders = _samplers(model, ref, prefix, sos, tokens, recompute, out)
+        contenders = samplers(model, tokens, n, out, recompute, ref)
         with torch.inference_mode():  # as generate runs; transformers' generate too
             # five rounds of the short row steady its ratio; two of a long one, whose rounds are
             # several times longer, keep the full mode's time in check
-            t = _interleaved_medians(contenders, 1 if quick else 5 if tokens <= 256 else 2, warmup=False)
+            t = interleaved_medians(contenders, 1 if quick else 5 if tokens <= 256 else 2, warmup=False)
             # our sampler's profile goes with the setting's first row
-            profiled = _profile(contenders["cache"]) if profile else None
+            profiled = profile_call(contenders["cache"]) if profile else None
         t_fast, fast = t["cache"], out["cache"]
         if recompute:
             same = bool(torch.equal(fast, out["recompute"]))
@@ -415,25 +245,13 @@ def sampling_rows(quick: bool, profile: bool = False) -> list[Row]:
                             profile=profiled))
             continue
         with torch.inference_mode():
-            seq = torch.cat([sos, fast[:, :-1]], dim=1)
+            seq = torch.cat([torch.full((n, 1), colors, dtype=torch.long), fast[:, :-1]], dim=1)
             err = float((model(seq) - ref(seq).logits[..., :colors]).abs().max())
         t_hf = t["hf"]
         rows.append(Row("sample-hf", setting, t_fast, t_hf, ratio=t_hf / t_fast, target=">= 1.5x at every length",
                         met=t_hf / t_fast >= 1.5, check=f"max |Δ logits| vs transformers {err:.1e}", ok=err < 1e-3,
                         profile=profiled))
     return rows
-
-
-# Runs `bench ARGS...` and writes the process's peak resident set (VmHWM, which, unlike the rusage
-# maxrss, starts afresh at exec rather than inheriting the forking parent's) to the file argv[1].
-_PEAK = """import sys
-from bench.cli import main
-try:
-    main(sys.argv[2:])
-finally:
-    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
-        out.write(next(line for line in status if line.startswith("VmHWM")))
-"""
 
 
 def memory_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]:
@@ -455,49 +273,14 @@ def memory_rows(quick: bool, profile: bool = False, data_root=None) -> list[Row]
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (small, large):
-            peak = os.path.join(tmp, f"{n}.peak")
-            cmd = [sys.executable, "-c", _PEAK, peak, "-q", "extract", "-b", "resnet18", "-d", dataset, "--split",
-                   "train", "--limit", str(n), "--out", os.path.join(tmp, f"{n}.h5")]
-            if data_root:
-                cmd += ["--data-root", str(data_root)]
-            proc = subprocess.run(cmd, env={**os.environ, "BENCH_CACHE": tmp}, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-            if proc.returncode != 0 or not os.path.exists(peak):
-                return [Row("memory", f"resnet18 on {dataset}",
-                            note=f"bench extract failed: {proc.stderr.strip()[-200:]}")]
-            with open(peak) as f:
-                peaks[n] = int(f.read().split()[1]) / 2**20  # "VmHWM: N kB" -> GiB
+            args = ["-q", "extract", "-b", "resnet18", "-d", dataset, "--split", "train", "--limit", str(n), "--out",
+                    os.path.join(tmp, f"{n}.h5")] + (["--data-root", str(data_root)] if data_root else [])
+            peaks[n], failure = bench_peak_memory(args, {**os.environ, "BENCH_CACHE": tmp})
+            if failure is not None:
+                return [Row("memory", f"resnet18 on {dataset}", note=f"bench extract failed: {failure}")]
     ratio = peaks[large] / peaks[small]
     return [Row("memory", f"bench extract resnet18, all layers, {dataset}: {large} vs {small} images (peak RSS)",
                 peaks[large], peaks[small], unit="GiB", ratio=ratio, target="<= 1.1x (a guard)", met=ratio <= 1.1)]
-
-
-def _matmul_rate(m: int, k: int, n: int, device: str = "cpu", dtype=None, repeat: int = 5) -> float:
-    """FLOP/s of one (m x k) @ (k x n) matmul on ``device`` (fp32 unless ``dtype``): the measured
-    rate the flops, extraction and device rows divide by."""
-    import torch
-
-    a = torch.randn(m, k, device=device, dtype=dtype)
-    b = torch.randn(k, n, device=device, dtype=dtype)
-    return 2 * m * k * n / _median_time(lambda: a @ b, repeat, device)
-
-
-def _counted(fn):
-    """(torch's FlopCounterMode after one call of ``fn``, what the call returned); the counter is
-    taught the CPU attention kernel first."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from backbones.base import count_cpu_attention
-
-    count_cpu_attention()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = fn()
-    return counter, out
-
-
-def _flops(fn) -> int:
-    return _counted(fn)[0].get_total_flops()
 
 
 def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> list[Row]:
@@ -518,7 +301,7 @@ def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> lis
     extract_shape, train_shape = ((2, 64, 2, 64, 2), (2, 64, 2, 64, 2)) if quick else \
         ((24, 512, 8, 1024, 64), (24, 512, 8, 784, 64))
     size = 256 if quick else 8192
-    peak = _matmul_rate(size, size, size, device, torch.bfloat16)
+    peak = matmul_rate(size, size, size, device, torch.bfloat16)
     rows = []
     torch.manual_seed(0)
     n_layer, n_embd, n_head, tokens, batch = extract_shape
@@ -530,11 +313,11 @@ def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> lis
         def run():
             with bf16:
                 return model.forward_intermediates(idx)
-        flops = _flops(run)
-        t = _median_time(run, 2 if quick else 5, device)
+        flops = count_flops(run)
+        t = median_time(run, 2 if quick else 5, device)
         low = run()["final"].float().mean(1)
         ref = model.forward_intermediates(idx)["final"].mean(1)
-        profiled = _profile(run, device) if profile else None
+        profiled = profile_call(run, device) if profile else None
     cos = float(torch.nn.functional.cosine_similarity(low, ref).min())
     rows.append(Row("dev-extract", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, all layers, "
                     f"bf16 ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
@@ -547,14 +330,14 @@ def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> lis
                                 n_head=n_head)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     x = torch.randint(0, 512, (batch, tokens), device=device)
-    flops = _flops(lambda: train_step(model, opt, x, bf16, 1.0))  # counted on the eager model's ops
+    flops = count_flops(lambda: train_step(model, opt, x, bf16, 1.0))  # counted on the eager model's ops
     # On a GPU the step runs compiled, as `bench pretrain --compile` runs it; the first call compiles.
     net = torch.compile(model) if device.startswith("cuda") else model
     step = lambda: train_step(net, opt, x, bf16, 1.0)  # noqa: E731
     first = step().item()
-    t = _median_time(step, 2 if quick else 5, device)
+    t = median_time(step, 2 if quick else 5, device)
     last = step().item()
-    profiled = _profile(step, device) if profile else None
+    profiled = profile_call(step, device) if profile else None
     rows.append(Row("dev-pretrain", f"{name}: iGPT {n_layer}x{n_embd} @{tokens} tokens, batch {batch}, bf16, fused "
                     f"AdamW{', compiled' if net is not model else ''} ({batch / t:.0f} img/s)", flops / t / 1e12, peak / 1e12, unit="TFLOP/s",
                     ratio=flops / t / peak, target=">= 35% of a bf16 matmul's rate", met=flops / t / peak >= 0.35,
@@ -576,7 +359,7 @@ def device_rows(quick: bool, device: str = "cuda", profile: bool = False) -> lis
     start = time.perf_counter()
     fits = [probe(f, device) for f in feats]
     t_dev = time.perf_counter() - start
-    profiled = _profile(lambda: [probe(f, device) for f in feats], device) if profile else None
+    profiled = profile_call(lambda: [probe(f, device) for f in feats], device) if profile else None
     # The check compares what both devices minimize at the strength chosen for layer 1, not
     # accuracies, which can flip on a near-tie with the device's rounding.
     Xtr, f = standardize(parts(feats[0].numpy())[0])[0], {}
@@ -605,9 +388,8 @@ ROWS = {"extract": extraction_rows, "flops": flops_rows, "probe": probe_rows, "s
 
 def run(quick: bool = False, only=None, log=lambda msg: None, profile: bool = False,
         busy: bool = False) -> tuple[dict, list[Row]]:
-    """The machine and every row of the chosen groups (all by default); with ``profile``, each row
-    also says where our side's time goes (``_profile``: one more call of it, under torch's profiler);
-    with ``busy``, every row runs beside ``busy_neighbour()`` (the machine says which CPU it held)."""
+    """The machine and every row of the chosen groups (all by default); ``profile``: each row also
+    profiles one more call of our side; ``busy``: beside ``busy_neighbour()`` (its CPU is recorded)."""
     rows = []
     with busy_neighbour() if busy else contextlib.nullcontext() as held:
         for name, fn in ROWS.items():
@@ -619,26 +401,6 @@ def run(quick: bool = False, only=None, log=lambda msg: None, profile: bool = Fa
         for r in rows:
             r.met = None
     return {**machine(), "busy cpu": held}, rows
-
-
-@contextlib.contextmanager
-def busy_neighbour():
-    """A process that keeps one of this process's CPUs busy (the last it may use) for the block, as
-    another user's job would on a shared machine; yields that CPU. Linux only (it pins the process
-    with sched_setaffinity)."""
-    from bench.errors import BenchError
-
-    if not hasattr(os, "sched_setaffinity"):
-        raise BenchError("--busy pins a process to a CPU, which needs Linux (os.sched_setaffinity); run it there")
-    cpu = max(os.sched_getaffinity(0))
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        os.sched_setaffinity(spinner.pid, {cpu})
-        yield cpu
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 def title(quick: bool, busy_cpu: int | None = None) -> str:

@@ -264,6 +264,6 @@ def _size(outcomes: list[Outcome]) -> str:
 
 def _plots(records: list[dict], folder: Path) -> None:
     from bench.plots import study_figures, write_figures
-    from bench.report import frame
+    from bench.runs import frame
 
     write_figures(study_figures(frame(records)), folder)

@@ -1,58 +1,30 @@
 """Fine-tuning: the whole backbone plus a linear head, trained on train, the epoch chosen on val.
 
-A task that holds the model (``reads = "model"``). The head reads the pooled features of one
-layer, the deepest of ``--layers`` (by default the backbone's last: ``layer4`` of a ResNet,
-``final`` of an iGPT, the paper's recipe: average-pooled final-norm features). The loss is the
-head's cross-entropy plus, on a generative backbone (iGPT), ``gen_weight`` times the next-pixel
-cross-entropy of the same forward pass (the paper's joint objective; ``auto`` = 1 there, 0 on
-others; ``-o gen_weight=0`` trains on classification only). A random-init timm model trained
-this way (``bench run -b resnet18 -t finetune``) is the supervised reference row.
+A task that holds the model (``reads = "model"``); its protocol is ``docs/tasks/finetune.md``. The
+head reads the pooled features of the deepest of ``--layers``; the loss is the head's
+cross-entropy plus, on a generative backbone (iGPT), ``gen_weight`` times the next-pixel
+cross-entropy of the same forward pass (the paper's joint objective). AdamW (betas 0.9, 0.999) with
+a linear warm-up over the ``warmup`` fraction of the steps then cosine decay to 0, gradients
+clipped at norm 1; each epoch a seeded permutation of train, augmented with pad-and-crop (and a
+horizontal flip where the dataset allows it: ``FLIP_DATASETS`` or a dataset class's
+``horizontal_flip``). The epoch with the best val top-1 is scored on test. ``-o lr=`` takes one
+peak rate, or a list: each rate trains from the same start on the same draws and the one with the
+best val top-1 (a tie: the smaller) is the only one scored on test, so the choice never sees test.
 
-Training: AdamW (betas 0.9, 0.999; weight decay on matrices, kernels and embeddings only), a
-linear warm-up over the first ``warmup`` fraction of the steps then cosine decay to 0, gradient
-clipping at norm 1, bf16 autocast on a GPU (``precision=bf16`` asks for it on a CPU too; weights,
-gradients and the optimizer stay fp32; evaluation runs in fp32). Each epoch is a seeded
-permutation of train (the last partial batch dropped); augmentation (``augment=on``) pads each
-image by an eighth of its size with black and crops it back at a random offset, and flips it
-horizontally where the dataset allows it (``FLIP_DATASETS``, or a dataset class that sets
-``horizontal_flip``; not digits or mnist). Val top-1 is measured after every epoch; the best
-epoch's weights are restored (``patience`` > 0 stops after that many epochs without a better val
-top-1) and scored on test.
-
-The learning rate: ``-o lr=1e-3`` trains once at that peak rate; a list (``-o lr=1e-4,3e-4,1e-3``)
-trains once per rate, each from the same initial weights and head on the same data, epochs and
-draws, and keeps the rate whose best epoch has the best val top-1 (on a tie, the smaller rate):
-only that rate's weights are scored on test, once, so the choice never sees test. A fair
-comparison of backbones gives each the same grid.
-
-The artifacts folder beside the results file holds ``settings.json``, one ``epoch-NNNN/``
-checkpoint (weights, best weights, optimizer, the curves and the settings that wrote them;
-written under a temporary name and renamed when whole), and at the end the fine-tuned weights
-where ``--weights`` reads them back: ``finetuned.safetensors`` for a timm model, ``finetuned/``
-(a checkpoint folder) for an iGPT, plus the head (``head.safetensors``) and ``finetune.json``.
-With a list of rates each rate trains in ``lr-<rate>/`` (its epoch checkpoints, then its best
-weights and ``rate.json``); those folders go once the chosen rate's outputs are written. One
-process writes a folder at a time (another is refused naming it), and a folder whose
-``settings.json``, checkpoints or finished rates were written with other settings is refused
-before anything is written, so a resume never continues another run's weights. The same
-command after a kill continues from the last epoch (of the rate it was training) to the same
-weights and numbers as an uninterrupted run on the CPU. Under ``torchrun`` it trains with
-DistributedDataParallel (gloo on CPUs, NCCL on GPUs): each process takes an equal share of every
-batch (and the same augmentation), rank 0 writes.
-
-Records: ``top1`` on ``val`` and ``test`` (binomial standard errors) at the chosen ``epoch``, the
-chosen epoch (metric ``epoch``), and per-epoch curves marked ``curve: True``: ``train`` ``loss``
-(and ``clf_loss``/``gen_loss`` with a generative loss) and ``val`` ``top1``. With a list of rates,
-also the chosen rate (``val`` metric ``lr``), every rate's curves (each record with its ``lr``),
-and per rate its best val ``top1`` (``curve: True``, its ``lr`` and ``best_epoch``, no ``epoch``).
+The artifacts folder beside the results file holds ``settings.json``, one epoch checkpoint
+(``tasks/finetune_net.py``; per rate of a list in ``lr-<rate>/``, which then keeps the rate's best
+weights and ``rate.json`` until the chosen rate's outputs are written), and at the end the
+fine-tuned weights where ``--weights`` reads them back (``finetuned.safetensors`` for a timm model,
+``finetuned/`` for an iGPT), the head (``head.safetensors``) and ``finetune.json``. One process
+writes a folder at a time, and a folder written with other settings is refused before anything is
+written; the same command after a kill continues from the last epoch to the same weights and
+numbers as an uninterrupted run on the CPU. Under ``torchrun`` every process takes an equal share of
+every batch (the same augmentation) and rank 0 writes. Records: ``tasks/finetune_records.py``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +33,21 @@ import numpy as np
 
 from bench.distributed import all_reduce, barrier, join_processes, launch, leave
 from bench.errors import BenchError
-from bench.metrics import binomial_se
+from bench.training import adamw, cpu_state, ddp, lr_factor, prefetched, write_json, writer_lock
 from tasks.base import Option, RunContext, Task, choice, few, float_range, int_range, show_list
+from tasks.finetune_net import (
+    ELSEWHERE,
+    check_folder,
+    finish_rate,
+    has_unused_parameters,
+    host_batch,
+    load_weights,
+    net_class,
+    resume,
+    save_epoch,
+    train_batches,
+)
+from tasks.finetune_outputs import finetune_records, write_outputs
 
 MAX_EPOCHS = 1000
 GRAD_CLIP = 1.0
@@ -211,121 +196,6 @@ def make_plan(ctx: RunContext) -> Plan:
                 rates=tuple(rate_list(opts["lr"])))
 
 
-# -- the data -------------------------------------------------------------------------------------
-
-def epoch_order(n: int, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The global batches of one epoch: a seeded permutation, the last partial batch dropped."""
-    perm = np.random.default_rng([seed, epoch, 0]).permutation(n)
-    return [perm[k * batch : (k + 1) * batch] for k in range(n // batch)]
-
-
-def augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
-    """Pad (B, H, W, C) uint8 images by ``pad`` black pixels, crop back to H x W at a random
-    offset per image, and mirror half of them left-right when ``flip``."""
-    count, height, width, _ = images.shape
-    dy = rng.integers(0, 2 * pad + 1, count)
-    dx = rng.integers(0, 2 * pad + 1, count)
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    rows = dy[:, None] + np.arange(height)
-    cols = dx[:, None] + np.arange(width)
-    if flip:
-        cols = np.where((rng.random(count) < 0.5)[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(count)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def prefetched(iterable, depth: int):
-    """The items of ``iterable``, produced in order by a background thread up to ``depth`` ahead."""
-    import queue
-    import threading
-
-    items: queue.Queue = queue.Queue(depth)
-    end = object()
-
-    def produce():
-        try:
-            for item in iterable:
-                items.put(item)
-            items.put(end)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            items.put(e)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := items.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-# -- the model being trained ----------------------------------------------------------------------
-
-def _net_class():
-    import torch.nn.functional as F
-    from torch import nn
-
-    class FinetuneNet(nn.Module):
-        """The backbone's module plus a linear head on the pooled features of ``layer``; its
-        forward is the training loss, so that DistributedDataParallel syncs every gradient."""
-
-        def __init__(self, backbone, layer: str, n_classes: int, gen_weight: float):
-            super().__init__()
-            self.backbone = backbone  # not a submodule: its module is
-            self.body = backbone.module
-            self.head = nn.Linear(backbone.layer_widths()[layer], n_classes)
-            self.layer, self.gen_weight = layer, gen_weight
-
-        def logits(self, x):
-            return self.head(self.backbone.features(x, [self.layer])[self.layer].float())
-
-        def forward(self, x, labels):
-            """(loss, classification loss, generative loss or None)."""
-            if self.gen_weight > 0:
-                feats, gen = self.backbone.features_and_loss(x, [self.layer])
-            else:
-                feats, gen = self.backbone.features(x, [self.layer]), None
-            clf = F.cross_entropy(self.head(feats[self.layer].float()).float(), labels)
-            loss = clf + self.gen_weight * gen if gen is not None else clf
-            return loss, clf.detach(), gen.detach() if gen is not None else None
-
-    return FinetuneNet
-
-
-def _cpu_state(module) -> dict:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-
-
-def _write_json(path: Path, doc) -> None:
-    """``doc`` as JSON at ``path``, whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path, folder: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BenchError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); delete {folder} to start afresh, "
-                         "or choose another --results folder or --tag") from None
-
-
-def _load_weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - a damaged file: say which, and what to do
-        raise BenchError(f"cannot read {path} ({str(e).splitlines()[0][:120]}); delete its folder to train that "
-                         "rate again") from None
-
-
 class Finetuning:
     """One fine-tuning run: set up (or resume), train epoch by epoch, write the outputs."""
 
@@ -341,33 +211,23 @@ class Finetuning:
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:
-        import contextlib
-
-        from bench.lock import Busy, exclusive, holder
         from bench.runtime import autocast_for
 
         ctx, plan = self.ctx, self.plan
         folder = ctx.artifacts  # created only once the settings are known to fit
         if folder is None:
             ctx.artifacts_dir()  # raises the runner's message
-        # One process writes a folder at a time (rank 0 of a torchrun launch holds it for all).
-        guard = exclusive(folder, "fine-tuning into", wait=False) if self.main else contextlib.nullcontext()
-        try:
-            guard.__enter__()
-        except Busy:
-            raise BenchError(f"{folder} is being fine-tuned by {holder(folder)}; wait for it to finish (then the "
-                             "same command continues it) or choose another --results folder or --tag") from None
-        try:
-            self._check_folder(folder)
+        with writer_lock(folder, folder, "fine-tuning into", "fine-tuned", ELSEWHERE, main=self.main):
+            check_folder(folder, plan.settings, {rate_folder(folder, r): r for r in plan.rates} if plan.grid else {})
             _, _, self.device, started_group = join_processes(self.device)
             ctx.backbone.to(self.device)
             backbone = ctx.backbone
-            self.original = _cpu_state(backbone.module)
+            self.original = cpu_state(backbone.module)
             self.autocast = autocast_for(plan.settings["precision"], self.device)
             try:
                 if self.main:
                     ctx.artifacts_dir()
-                    _write_json(folder / "settings.json", plan.settings)
+                    write_json(folder / "settings.json", plan.settings)
                 barrier(self.world)
                 if not plan.grid:
                     state = self._fit(plan.rates[0], folder)
@@ -382,15 +242,13 @@ class Finetuning:
                          + ", ".join(f"{r:g}: {s['best_top1']:.2f}%" for r, s in fits) + ")")
                 if not hasattr(self, "net"):  # every rate had finished before this process started
                     self._make_net(rate)
-                self.best_state = _load_weights(rate_folder(folder, rate) / "best.safetensors")
+                self.best_state = load_weights(rate_folder(folder, rate) / "best.safetensors")
                 self.best_val_predicted = None  # scored again with the chosen weights
                 return self._finish(folder, fits, chosen)
             finally:
                 backbone.module.load_state_dict(self.original)  # the runner's backbone is left as it came
                 backbone.module.eval()
                 leave(started_group)
-        finally:
-            guard.__exit__(None, None, None)
 
     def _make_net(self, rate: float) -> None:
         """The network and optimizer of one rate, from the backbone's weights as the run got them
@@ -401,20 +259,19 @@ class Finetuning:
         torch.manual_seed(self.ctx.seed)
         plan = self.plan
         self.rate = rate
-        self.net = _net_class()(self.ctx.backbone, plan.layer, plan.n_classes, plan.gen_weight).to(self.device)
-        self.opt = self._optimizer()
+        self.net = net_class()(self.ctx.backbone, plan.layer, plan.n_classes, plan.gen_weight).to(self.device)
+        self.opt = adamw(self.net, rate, self.opts["weight_decay"])
 
     def _fit(self, rate: float, folder: Path) -> dict:
         """Train at peak ``rate`` in ``folder`` (resuming from its last epoch checkpoint): the
         training state, with the best epoch's weights in ``self.best_state``."""
-        import torch
-
         self._make_net(rate)
-        state = self._resume(folder)
-        self.train_net = self.net
+        state, self.best_state = resume(folder, self.net, self.opt, self.log)
+        unused = False
         if self.world > 1:
-            self.train_net = torch.nn.parallel.DistributedDataParallel(
-                self.net, find_unused_parameters=self._has_unused_parameters())
+            train = self.ctx.data["train"]
+            unused = has_unused_parameters(self.net, *self._batch(train.images[:2], train.labels[:2]))
+        self.train_net = ddp(self.net, self.world, unused)
         return self._train(folder, state)
 
     def _fit_rate(self, rate: float, folder: Path) -> dict:
@@ -431,13 +288,7 @@ class Finetuning:
         barrier(self.world)
         state = self._fit(rate, folder)
         if self.main:
-            from safetensors.torch import save_file
-
-            save_file(self.best_state, str(folder / "best.safetensors.tmp"))
-            os.replace(folder / "best.safetensors.tmp", folder / "best.safetensors")
-            _write_json(done, {"settings": self._fit_settings(), "state": state})  # last: the rate is whole
-            for old in self._epoch_folders(folder):
-                shutil.rmtree(old)
+            finish_rate(folder, self.best_state, self._fit_settings(), state)
         barrier(self.world)
         return state
 
@@ -446,138 +297,12 @@ class Finetuning:
         where it is one of a list."""
         return {**self.plan.settings, "lr": self.rate} if self.plan.grid else self.plan.settings
 
-    def _has_unused_parameters(self) -> bool:
-        """Whether some trainable parameter gets no gradient (a timm classifier, blocks past the
-        head's layer, iGPT's color head without the generative loss): DistributedDataParallel must
-        be told, and warns every run when told needlessly. Probed by one backward pass in eval
-        mode on two train images (no batch-norm statistics move, no random draws)."""
-        train = self.ctx.data["train"]
-        x, y = self._batch(train.images[:2], train.labels[:2])
-        self.net.eval()
-        loss, _, _ = self.net(x, y)
-        loss.backward()
-        unused = any(p.grad is None for p in self.net.parameters() if p.requires_grad)
-        self.net.zero_grad(set_to_none=True)
-        return unused
-
-    def _check_folder(self, folder: Path) -> None:
-        """Refuse a folder that ``settings.json``, any epoch checkpoint or any finished rate says was
-        written with other settings (resuming would continue another run's weights under this
-        run's name); nothing is written before this passes."""
-        new = self.plan.settings
-        path = folder / "settings.json"
-        if path.is_file():
-            saved = _read_json(path, folder)
-            if saved != new:
-                diff = [k for k in new if not isinstance(saved, dict) or saved.get(k) != new[k]] or ["format"]
-                raise BenchError(f"{folder} holds a fine-tune with other settings ({', '.join(diff)}); delete it to "
-                                 "start afresh, or choose another --results folder or --tag")
-        expected = {folder: new}
-        if self.plan.grid:
-            expected.update({rate_folder(folder, r): {**new, "lr": r} for r in self.plan.rates})
-        sources = [(ckpt / "settings.json", folder) for ckpt in self._epoch_folders(folder)]
-        for sub in sorted(p for p in folder.glob("lr-*") if p.is_dir()):
-            sources += [(ckpt / "settings.json", sub) for ckpt in self._epoch_folders(sub)]
-            if (sub / "rate.json").exists():
-                sources.append((sub / "rate.json", sub))
-        for source, owner in sources:
-            if not source.is_file():
-                raise BenchError(f"{source.parent} holds no settings (written by an older igpt-bench, or damaged); "
-                                 f"delete it to start that part afresh, or choose another --results folder or --tag")
-            saved = _read_json(source, folder)
-            if source.name == "rate.json":
-                saved = saved.get("settings") if isinstance(saved, dict) else None
-            want = expected.get(owner, {**new, "lr": None})
-            if saved != want:
-                diff = [k for k in want if not isinstance(saved, dict) or saved.get(k) != want[k]] or ["format"]
-                raise BenchError(f"{source} was written by a fine-tune with other settings ({', '.join(diff)}); "
-                                 f"delete {folder} to start afresh, or choose another --results folder or --tag")
-
-    def _optimizer(self):
-        import torch
-
-        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        decay = [p for n, p in params if p.dim() >= 2]
-        no_decay = [p for n, p in params if p.dim() < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.opts["weight_decay"]},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.rate)
-
-    # -- checkpoints --------------------------------------------------------------------------
-    @staticmethod
-    def _epoch_folders(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
-
-    def _resume(self, folder: Path) -> dict:
-        """The training state to start from: fresh, or the last whole epoch checkpoint's."""
-        import torch
-        from safetensors.torch import load_file
-
-        fresh = {"epoch": 0, "best_epoch": 0, "best_top1": -1.0, "bad_epochs": 0, "stopped": False,
-                 "history": []}
-        ckpts = self._epoch_folders(folder)
-        self.best_state = None
-        if not ckpts:
-            return fresh
-        last = ckpts[-1]
-        try:
-            self.net.load_state_dict(load_file(str(last / "model.safetensors")))
-            self.best_state = load_file(str(last / "best.safetensors"))
-            state = torch.load(last / "train_state.pt", map_location="cpu", weights_only=True)
-            self.opt.load_state_dict(state.pop("optimizer"))
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say which, and what to do
-            raise BenchError(f"cannot resume from {last} ({str(e).splitlines()[0][:120]}); delete it to resume "
-                             "from an earlier epoch") from None
-        self.log(f"resuming {folder} after epoch {state['epoch']}")
-        return state
-
-    def _save_epoch(self, folder: Path, state: dict) -> None:
-        """``epoch-NNNN/``: weights, best weights, optimizer, curves and settings; whole or absent."""
-        import torch
-        from safetensors.torch import save_file
-
-        final = folder / f"epoch-{state['epoch']:04d}"
-        tmp = folder / (final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_file(_cpu_state(self.net), str(tmp / "model.safetensors"))
-        save_file(self.best_state, str(tmp / "best.safetensors"))
-        torch.save({**state, "optimizer": self.opt.state_dict()}, tmp / "train_state.pt")
-        (tmp / "settings.json").write_text(json.dumps(self._fit_settings(), indent=1))
-        os.replace(tmp, final)
-        for old in self._epoch_folders(folder):
-            if old != final:
-                shutil.rmtree(old)
-
     # -- training -----------------------------------------------------------------------------
-    def _host_batch(self, images: np.ndarray, labels: np.ndarray):
-        """uint8 images and labels -> model input and label tensors in (pinned, for a GPU) host memory."""
-        import torch
-
-        x = self.ctx.backbone.preprocess(images)
-        y = torch.as_tensor(labels, dtype=torch.long)
-        if self.device.startswith("cuda"):
-            return x.pin_memory(), y.pin_memory()
-        return x, y
-
     def _to_device(self, batch):
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
     def _batch(self, images: np.ndarray, labels: np.ndarray):
-        return self._to_device(self._host_batch(images, labels))
-
-    def _train_batches(self, epoch: int):
-        """This process's share of every batch of ``epoch``, on the host; augmentation is drawn
-        for the global batch, so every process sees the same images as one process would."""
-        train, plan, seed = self.ctx.data["train"], self.plan, self.ctx.seed
-        share = plan.batch // self.world
-        mine = slice(self.rank * share, (self.rank + 1) * share)
-        aug_rng = np.random.default_rng([seed, epoch, 1])
-        for rows in epoch_order(len(train), plan.batch, seed, epoch):
-            images = train.images[rows]
-            if plan.pad:
-                images = augment(images, aug_rng, plan.pad, plan.flip)
-            yield self._host_batch(images[mine], train.labels[rows][mine])
+        return self._to_device(host_batch(self.ctx.backbone, images, labels, self.device))
 
     def _evaluate(self, split: str) -> tuple[int, int]:
         """(correct, n) of the head on ``split``, in fp32; each process scores a share. The class
@@ -624,7 +349,8 @@ class Finetuning:
                 torch.manual_seed(int(np.random.SeedSequence([ctx.seed, epoch, self.rank]).generate_state(1)[0]))
                 sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, clf, gen
                 self.net.train()
-                batches = self._train_batches(epoch)
+                batches = train_batches(ctx.data["train"], ctx.backbone, plan, ctx.seed, epoch, self.rank,
+                                        self.world, self.device)
                 if self.device.startswith("cuda"):  # prepare the next batches on the CPU while the GPU works
                     batches = prefetched(batches, depth=3)
                 for k, batch in enumerate(batches):
@@ -655,7 +381,7 @@ class Finetuning:
                 state["epoch"] = epoch
                 if top1 > state["best_top1"]:
                     state.update(best_epoch=epoch, best_top1=top1, bad_epochs=0)
-                    self.best_state = _cpu_state(self.net)
+                    self.best_state = cpu_state(self.net)
                     self.best_val_predicted = self.predicted.get("val")
                 else:
                     state["bad_epochs"] += 1
@@ -665,7 +391,7 @@ class Finetuning:
                          + (" (early stop)" if state["stopped"] else ""))
                 bar.describe(f"{name} · epoch {epoch}/{epochs} · loss {sums[0]:.4f} · val {top1:.1f}%")
                 if self.main:
-                    self._save_epoch(folder, state)
+                    save_epoch(folder, state, self.net, self.best_state, self.opt, self._fit_settings())
                 barrier(self.world)
                 if state["stopped"]:
                     bar.advance((epochs - epoch) * per_epoch)
@@ -692,66 +418,13 @@ class Finetuning:
     def _finish(self, folder: Path, fits: list[tuple[float, dict]], chosen: int) -> list[dict]:
         """Score the chosen rate's best weights (``self.best_state``) on test, write the outputs,
         and return the records; ``fits`` is every rate's (rate, final training state)."""
-        from safetensors.torch import save_file
-
-        ctx, plan = self.ctx, self.plan
-        rate, state = fits[chosen]
+        plan = self.plan
         self.net.load_state_dict(self.best_state)
-        best = state["best_epoch"]
-        chosen_epoch = state["history"][best - 1]
-        val_correct, val_n = chosen_epoch["val_correct"], chosen_epoch["val_n"]
-        test_correct, test_n = self._evaluate("test")
+        test = self._evaluate("test")
         self._keep_predictions()
         if self.main:
-            weights = ctx.backbone.save_weights(folder / "finetuned")
-            head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}
-            save_file(head, str(folder / "head.safetensors.tmp"))
-            os.replace(folder / "head.safetensors.tmp", folder / "head.safetensors")
-            summary = {"layer": plan.layer, "epoch": best, "val_top1": 100.0 * val_correct / val_n,
-                       "test_top1": 100.0 * test_correct / test_n, "weights": str(weights),
-                       "head": str(folder / "head.safetensors"), "history": state["history"]}
-            if plan.grid:
-                summary["lr"] = rate
-                summary["rates"] = [{"lr": r, "epoch": s["best_epoch"], "val_top1": s["best_top1"],
-                                     "history": s["history"]} for r, s in fits]
-            _write_json(folder / "finetune.json", summary)
-            for old in self._epoch_folders(folder):
-                shutil.rmtree(old)
-            if plan.grid:  # every rate's curves are in finetune.json and the records; the chosen weights above
-                for r, _ in fits:
-                    shutil.rmtree(rate_folder(folder, r), ignore_errors=True)
-            size = getattr(ctx.backbone, "image_size", None)
-            self.log(f"fine-tuned weights (epoch {best}" + (f", lr {rate:g}" if plan.grid else "") + f"): {weights}; "
-                     f"probe them with -b {ctx.backbone.name} --weights {weights}"
-                     + (f" --image-size {size}" if size else ""))
+            write_outputs(folder, self.ctx.backbone, self.net, plan.layer, fits, chosen, test,
+                          [rate_folder(folder, r) for r, _ in fits] if plan.grid else [], self.log)
         barrier(self.world)
-        layer = plan.layer
-        records = [
-            {"layer": layer, "split": "val", "metric": "top1", "value": 100.0 * val_correct / val_n,
-             "stderr": binomial_se(val_correct, val_n), "n": val_n, "epoch": best},
-            {"layer": layer, "split": "test", "metric": "top1", "value": 100.0 * test_correct / test_n,
-             "stderr": binomial_se(test_correct, test_n), "n": test_n, "epoch": best},
-            {"layer": layer, "split": "val", "metric": "epoch", "value": best, "stderr": None, "n": val_n},
-        ]
-        if plan.grid:
-            records.append({"layer": layer, "split": "val", "metric": "lr", "value": rate, "stderr": None,
-                            "n": val_n})
-        n_train = plan.steps_per_epoch * plan.batch
-        for r, s in fits:
-            tag = {"lr": r} if plan.grid else {}
-            if plan.grid:  # this rate's best epoch by val: what the choice compared
-                top = s["history"][s["best_epoch"] - 1]
-                records.append({"layer": layer, "split": "val", "metric": "top1", "value": top["val_top1"],
-                                "stderr": binomial_se(top["val_correct"], top["val_n"]), "n": top["val_n"],
-                                "best_epoch": s["best_epoch"], "curve": True, **tag})
-            for h in s["history"]:
-                records.append({"layer": layer, "split": "train", "metric": "loss", "value": h["loss"],
-                                "stderr": None, "n": n_train, "epoch": h["epoch"], "curve": True, **tag})
-                if plan.gen_weight > 0:
-                    for metric in ("clf_loss", "gen_loss"):
-                        records.append({"layer": layer, "split": "train", "metric": metric, "value": h[metric],
-                                        "stderr": None, "n": n_train, "epoch": h["epoch"], "curve": True, **tag})
-                records.append({"layer": layer, "split": "val", "metric": "top1", "value": h["val_top1"],
-                                "stderr": binomial_se(h["val_correct"], h["val_n"]), "n": h["val_n"],
-                                "epoch": h["epoch"], "curve": True, **tag})
-        return records
+        return finetune_records(plan.layer, fits, chosen, test, plan.grid, plan.gen_weight,
+                                plan.steps_per_epoch * plan.batch)

@@ -237,6 +237,9 @@ CASES = [
     ("benchmark knn dim 0", ["benchmark", "knn", "--dim", "0"], ["--dim"]),
     ("benchmark pretrain size 65", ["benchmark", "pretrain", "-b", "igpt-tiny", "--image-size", "65"], ["--image-size"]),
     ("perf unknown row", ["perf", "--only", "warp"], ["--only"]),
+    ("perf rows' options with a command", ["perf", "--quick", "--only", "probe", "knn"],
+     ["--quick, --only", "bench perf knn"]),
+    ("perf threads before its command", ["perf", "--threads", "2", "knn"], ["--threads", "bench perf knn --threads"]),
     # found by a hostile session: numbers that overflowed, NaN that slipped past ranges, sizes past memory
     ("l2 grid huge", [*RUN, "-b", "pixels", "-d", "digits", "-o", "l2_grid=1e39"], ["l2_grid", "1e-12..1e6"]),
     ("l2 grid subnormal", [*RUN, "-b", "pixels", "-d", "digits", "-o", "l2_grid=1e-45"], ["l2_grid"]),

@@ -14,7 +14,9 @@ from scipy import stats
 from backbones.base import recorded_weights
 from bench import api
 from bench.records import collect, read_results
-from bench.report import frame, render, study_tables
+from bench.render import render
+from bench.report import study_tables
+from bench.runs import frame
 from bench.study import _label
 from tasks.correlation import Correlation
 

@@ -13,7 +13,9 @@ import pytest
 from scipy import stats
 
 from bench import api
-from bench.report import frame, render, study_tables
+from bench.render import render
+from bench.report import study_tables
+from bench.runs import frame
 from tasks.correlation import Correlation, correlate, matched_correlate, partial_correlate
 from tests.conftest import assert_user_error
 
@@ -191,7 +193,7 @@ def test_a_best_layer_chosen_on_a_small_val_split_or_by_a_hair_is_flagged_with_i
 
 def test_the_study_plots_read_the_right_way():
     records = _combine(_confounded_study(np.random.default_rng(0)))
-    from bench.plots import checkpoint_layers, correlation_scatter, training_step
+    from bench.study_plots import checkpoint_layers, correlation_scatter, training_step
 
     fig = correlation_scatter(frame(records))
     (ax,) = [a for a in fig.axes if a.get_title()]

@@ -455,8 +455,8 @@ def test_an_imagefolder_is_decoded_a_batch_at_a_time_so_peak_memory_stays_flat(t
     """`bench extract` (resnet18's first stage) over 600 and over 4,800 images of 64x64 in fresh
     processes: the peak resident memory barely moves, where decoding the split whole would add
     its pixels (52 MiB more for the larger folder); the lazy images equal an eager decode."""
-    from bench.datasets import FolderImages
-    from bench.perf import _PEAK
+    from bench.dataset_files import FolderImages
+    from bench.measure import _PEAK
 
     peaks = {}
     for n in (600, 4800):

@@ -125,7 +125,7 @@ def test_finetuning_lowers_the_training_loss_and_beats_chance(tmp_path, backbone
 
 
 def test_augmentation_pads_crops_and_flips_only_where_asked():
-    from tasks.finetune import augment
+    from bench.batches import augment
 
     images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1) + 1
     out = augment(images, np.random.default_rng(0), pad=1, flip=False)

@@ -158,8 +158,9 @@ def test_the_rate_with_the_best_val_is_chosen_and_only_its_weights_see_test_once
 
 
 def test_a_rate_list_on_digits_trains_each_rate_as_its_single_rate_run_would(bench, tmp_path):
-    """resnet18 (batch norm) through the CLI, then the larger rate alone through the API: that rate
-    was trained second in the list, so its equal curves show every rate starts from the same weights."""
+    """resnet18 (batch norm) through the CLI, then the chosen rate alone through the API: its curves,
+    numbers, predictions and weights are the list's. Which rate wins one epoch on 200 images is a
+    near tie that differs across CPUs, so the test follows val's choice rather than naming it."""
     import bench.api as api
     from bench.paired import read_predictions
     from bench.plots import learning_curves
@@ -174,12 +175,12 @@ def test_a_rate_list_on_digits_trains_each_rate_as_its_single_rate_run_would(ben
     best = max(per_rate.values())
     assert final["val", "lr"] == min(rate for rate, v in per_rate.items() if v == best)
     assert final["val", "top1"] == best
-    assert final["val", "lr"] == 3e-3  # 1e-6 barely moves a random init in one epoch
+    chosen = final["val", "lr"]
 
-    api.run("resnet18", "finetune", "digits", limit=200, options={"epochs": 1, "lr": 3e-3}, device="cpu",
+    api.run("resnet18", "finetune", "digits", limit=200, options={"epochs": 1, "lr": chosen}, device="cpu",
             results=tmp_path / "single")
     single = _records(tmp_path / "single")
-    assert [(s, m, e, v) for s, m, e, lr, _, v in _numbers(records) if lr == 3e-3 and e is not None] == \
+    assert [(s, m, e, v) for s, m, e, lr, _, v in _numbers(records) if lr == chosen and e is not None] == \
         [(s, m, e, v) for s, m, e, _, _, v in _numbers([r for r in single if r.get("curve")])]
     assert {k: v for k, v in final.items() if k != ("val", "lr")} == \
         {(r["split"], r["metric"]): r["value"] for r in single if not r.get("curve")}
@@ -204,18 +205,18 @@ def killed(tmp_path_factory):
     """A results folder whose rate list was stopped after its first rate finished and the second
     had saved epoch 1 of 2 (the files a SIGKILL leaves: each is written whole or not at all)."""
     import bench.api as api
-    from tasks.finetune import Finetuning
+    import tasks.finetune
 
     root = tmp_path_factory.mktemp("killed")
-    save = Finetuning._save_epoch
+    save = tasks.finetune.save_epoch
 
-    def save_then_die(self, folder, state):
-        save(self, folder, state)
-        if self.rate == 3e-3:
+    def save_then_die(folder, state, net, best_state, opt, settings):
+        save(folder, state, net, best_state, opt, settings)
+        if settings["lr"] == 3e-3:
             raise Killed
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Finetuning, "_save_epoch", save_then_die)
+        mp.setattr(tasks.finetune, "save_epoch", save_then_die)
         with pytest.raises(Killed):
             api.run("igpt-tiny", "finetune", "digits", limit=100, options=LIST_OPTIONS, device="cpu",
                     results=root / "results", cache=root / "cache")

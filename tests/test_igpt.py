@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from backbones.base import BackboneOptions, DataSpec, create_backbone
+from backbones.igpt.decode import decode_block, step
 from backbones.igpt.model import IGPTConfig, ImageGPT
 from backbones.igpt.palette import Palette
 from bench.errors import BenchError
@@ -130,13 +131,25 @@ def test_kv_cached_steps_equal_full_recomputation():
     with torch.no_grad():
         full = model(idx)
         caches = [{} for _ in model.h]
-        first = model.step(idx[:, :5], caches, 0)
-        steps = [model.step(idx[:, t : t + 1], caches, t) for t in range(5, 12)]
+        first = step(model, idx[:, :5], caches, 0)
+        steps = [step(model, idx[:, t : t + 1], caches, t) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat([first, *steps], 1), full, atol=1e-5, rtol=0)
 
 
+def test_the_forward_with_caches_in_chunks_gives_the_forward_without():
+    """The model's one forward: with caches, chunks of new positions attend to the kept ones."""
+    torch.manual_seed(2)
+    model = ImageGPT(IGPTConfig(n_colors=16, n_positions=12, n_embd=32, n_layer=2, n_head=4)).eval()
+    idx = torch.randint(0, 17, (2, 12))
+    with torch.no_grad():
+        caches = [{} for _ in model.h]
+        chunks = [model(idx[:, t : t + 3], caches=caches, start=t) for t in range(0, 12, 3)]
+        torch.testing.assert_close(torch.cat(chunks, 1), model(idx), atol=1e-5, rtol=0)
+    assert [cache["len"] for cache in caches] == [12, 12]
+
+
 def test_one_token_decode_is_the_block_forward_on_a_filled_cache():
-    """Block.decode (the sampler's lean path for one new token) against Block.forward on the same
+    """decode_block (the sampler's lean path for one new token) against Block.forward on the same
     cache, and the whole cached model, filled one token at a time from empty, against recomputation."""
     torch.manual_seed(1)
     model = ImageGPT(IGPTConfig(n_colors=16, n_positions=9, n_embd=24, n_layer=2, n_head=3)).eval()
@@ -145,14 +158,15 @@ def test_one_token_decode_is_the_block_forward_on_a_filled_cache():
     with torch.no_grad():
         filled, fresh = {"capacity": 9}, {"capacity": 9}
         block(x[:, :6], filled), block(x[:, :6], fresh)
-        torch.testing.assert_close(block.decode(x[:, 6], filled, 6), block(x[:, 6:7], fresh)[:, 0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(decode_block(block, x[:, 6], filled, 6), block(x[:, 6:7], fresh)[:, 0], atol=1e-6,
+                                   rtol=0)
         # position 6's keys are written where forward writes them; equal to rounding, as decode
         # multiplies by a contiguous copy of the weights, which MKL sums in another order
         torch.testing.assert_close(filled["k"][:, :, :7], fresh["k"][:, :, :7], atol=1e-6, rtol=0)
         assert filled["len"] == fresh["len"] == 7
         idx = torch.randint(0, 17, (3, 9))
         caches = [{} for _ in model.h]
-        steps = [model.step(idx[:, t : t + 1], caches, t) for t in range(9)]
+        steps = [step(model, idx[:, t : t + 1], caches, t) for t in range(9)]
         torch.testing.assert_close(torch.cat(steps, 1), model(idx), atol=1e-5, rtol=0)
         # decode's weights: contiguous [in, out] copies on the CPU, the same numbers as the modules'
         blk = model.h[1]
@@ -160,7 +174,7 @@ def test_one_token_decode_is_the_block_forward_on_a_filled_cache():
             assert got.is_contiguous() and got.data_ptr() != linear.weight.data_ptr()
             assert torch.equal(got, linear.weight.t())
         with pytest.raises(ValueError, match="exceeds the model's 9 positions"):
-            model.step(idx[:, :1], caches, 9)
+            step(model, idx[:, :1], caches, 9)
 
 
 def test_palette_fit_quantize_round_trip():

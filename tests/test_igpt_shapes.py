@@ -9,7 +9,8 @@ import torch
 
 from backbones.base import BackboneOptions, DataSpec, create_backbone
 from backbones.igpt import IGPTBackbone
-from backbones.igpt.model import IGPTConfig, ImageGPT, shape_config
+from backbones.igpt.model import IGPTConfig, ImageGPT
+from backbones.igpt.shapes import shape_config
 from bench.errors import BenchError
 from tests.conftest import assert_user_error
 
@@ -44,6 +45,15 @@ def test_a_bad_shape_says_what_to_write(name, fragments):
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def test_the_factory_refuses_a_shape_past_this_machines_memory_before_building_it():
+    """The memory check lives with building a model (``shapes``), not in the model's definition."""
+    import backbones.igpt.model as model_file
+
+    with pytest.raises(BenchError, match="more than half of this machine's .* choose a smaller shape"):
+        create_backbone("igpt-512x16384", DataSpec(1, 8, 8), BackboneOptions(seed=0))
+    assert not hasattr(model_file, "physical_memory") and not hasattr(model_file, "shape_config")
 
 
 def test_a_spec_builds_a_seeded_random_backbone():

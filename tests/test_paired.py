@@ -259,21 +259,21 @@ def test_finetune_keeps_the_best_epochs_val_and_test_predictions(tmp_path):
 def test_finetune_resumed_after_its_best_epoch_scores_val_again_for_its_predictions(tmp_path, monkeypatch):
     """Killed once epoch 1 (of 1) is saved: the resumed run trains nothing, so the best epoch's
     val classes were never seen by this process; they are scored again from the best weights."""
-    from tasks.finetune import Finetuning
+    import tasks.finetune
 
     class Killed(Exception):
         pass
 
-    save = Finetuning._save_epoch
+    save = tasks.finetune.save_epoch
 
-    def save_then_die(self, folder, state):
-        save(self, folder, state)
+    def save_then_die(*args):
+        save(*args)
         raise Killed
 
-    monkeypatch.setattr(Finetuning, "_save_epoch", save_then_die)
+    monkeypatch.setattr(tasks.finetune, "save_epoch", save_then_die)
     with pytest.raises(Killed):
         _finetune(tmp_path / "run", epochs=1)
-    monkeypatch.setattr(Finetuning, "_save_epoch", save)
+    monkeypatch.setattr(tasks.finetune, "save_epoch", save)
     assert list((tmp_path / "run").glob("epoch-0001"))
     _assert_predictions_match(*_finetune(tmp_path / "run", epochs=1))
 

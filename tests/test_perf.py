@@ -58,13 +58,13 @@ def test_device_rows_run_on_the_cpu_and_their_checks_pass():
 
 
 def test_profile_names_the_operator_that_takes_the_time_and_its_shares_add_up():
-    """``_profile`` against a call whose cost is known: one large product and many tiny adds. The
+    """``profile_call`` against a call whose cost is known: one large product and many tiny adds. The
     product leads (its self time, not its children's), counted once; with ``top=1`` the adds go
     into ``(other operators)``; the entries' shares, ``(outside operators)`` included, are the
     whole call."""
     import torch
 
-    from bench.perf import _profile
+    from bench.measure import profile_call
 
     a, small = torch.randn(768, 768), torch.zeros(4)
 
@@ -73,7 +73,7 @@ def test_profile_names_the_operator_that_takes_the_time_and_its_shares_add_up():
         for _ in range(50):
             small.add_(1)
 
-    entries = _profile(work, top=1)
+    entries = profile_call(work, top=1)
     assert [e["op"] for e in entries] == ["aten::mm", "(other operators)", "(outside operators)"]
     assert entries[0]["calls"] == 1 and entries[1]["calls"] >= 50
     assert entries[0]["seconds"] > entries[1]["seconds"]  # 0.9 GFLOP against 50 adds of 4 numbers
@@ -84,7 +84,7 @@ def test_profile_names_the_operator_that_takes_the_time_and_its_shares_add_up():
 def test_a_failing_profiler_leaves_an_entry_that_says_so(monkeypatch):
     import torch
 
-    from bench.perf import _profile
+    from bench.measure import profile_call
 
     class Broken:
         def __init__(self, **kwargs):
@@ -97,7 +97,7 @@ def test_a_failing_profiler_leaves_an_entry_that_says_so(monkeypatch):
             return False
 
     monkeypatch.setattr(torch.profiler, "profile", Broken)
-    assert _profile(lambda: None) == [{"op": "(profiler failed: profiler already enabled on this thread)",
+    assert profile_call(lambda: None) == [{"op": "(profiler failed: profiler already enabled on this thread)",
                                        "seconds": 0.0, "calls": None, "share": 0.0}]
 
 
@@ -144,9 +144,9 @@ def test_gpu_check_script_runs_its_chain_on_the_cpu(tmp_path):
 
 
 def test_contenders_alternate_and_each_gets_the_median_of_its_own_rounds(monkeypatch):
-    """``_interleaved_medians`` against a fake clock: one call of each contender per round (after
+    """``interleaved_medians`` against a fake clock: one call of each contender per round (after
     a warm-up round), and each contender's figure is the median of its own durations."""
-    import bench.perf as perf
+    import bench.measure as measure
 
     clock, calls = [0.0], []
 
@@ -158,13 +158,13 @@ def test_contenders_alternate_and_each_gets_the_median_of_its_own_rounds(monkeyp
             clock[0] += next(it)
         return fn
 
-    monkeypatch.setattr(perf.time, "perf_counter", lambda: clock[0])
-    got = perf._interleaved_medians({"a": contender("a", [9.0, 1.0, 5.0, 2.0]),
-                                     "b": contender("b", [9.0, 30.0, 10.0, 20.0])}, repeat=3)
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+    got = measure.interleaved_medians({"a": contender("a", [9.0, 1.0, 5.0, 2.0]),
+                                       "b": contender("b", [9.0, 30.0, 10.0, 20.0])}, repeat=3)
     assert calls == ["a", "b"] * 4
     assert got == {"a": 2.0, "b": 20.0}  # the warm-up's 9 s are not counted
     calls.clear()
-    got = perf._interleaved_medians({"a": contender("a", [4.0, 6.0])}, repeat=2, warmup=False)
+    got = measure.interleaved_medians({"a": contender("a", [4.0, 6.0])}, repeat=2, warmup=False)
     assert calls == ["a", "a"] and got == {"a": 5.0}
 
 
@@ -175,15 +175,15 @@ def test_necessary_flops_counts_the_linear_layers_and_half_the_causal_attention(
     import torch
 
     from backbones.igpt.model import IGPTConfig, ImageGPT
-    from bench.perf import _counted, _necessary_flops
+    from bench.measure import counted, necessary_flops
 
     B, T, C, L = 3, 16, 64, 2
     model = ImageGPT(IGPTConfig(n_colors=8, n_positions=T, n_embd=C, n_layer=L, n_head=2)).eval()
     idx = torch.randint(0, 9, (B, T))
     block = 2 * 12 * C * C * B * T + 2 * B * T * T * C
     with torch.inference_mode():
-        assert _necessary_flops(_counted(lambda: model.forward_intermediates(idx))[0]) == L * block
-        assert _necessary_flops(_counted(lambda: model.forward_intermediates(idx, ["h1"], stop_early=True))[0]) == block
+        assert necessary_flops(counted(lambda: model.forward_intermediates(idx))[0]) == L * block
+        assert necessary_flops(counted(lambda: model.forward_intermediates(idx, ["h1"], stop_early=True))[0]) == block
 
 
 def test_the_transformers_sampler_does_not_warn_of_padding_it_does_not_have():
@@ -191,20 +191,18 @@ def test_the_transformers_sampler_does_not_warn_of_padding_it_does_not_have():
     and logs a warning per call; the sampling row mutes generate's warnings for its own calls only."""
     import logging
 
-    import torch
 
     pytest.importorskip("transformers")
-    from bench.perf import _pair, _samplers
+    from bench.benchmark import samplers, transformers_pair
 
-    ref, model = _pair(1, 32, 2, 8, 6, head=True)
-    sos = torch.full((2, 1), 8, dtype=torch.long)
+    ref, model = transformers_pair(1, 32, 2, 8, 6, head=True)
     seen = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = seen.append
     log, before = logging.getLogger("transformers"), logging.getLogger("transformers.generation.utils").level
     log.addHandler(handler)
     try:
-        tokens = _samplers(model, ref, torch.zeros((2, 0), dtype=torch.long), sos, 6, False, {})["hf"]()
+        tokens = samplers(model, 6, 2, {}, recompute=False, ref=ref)["hf"]()
     finally:
         log.removeHandler(handler)
     assert tokens.shape == (2, 7)
@@ -261,7 +259,7 @@ def _children_on(cpu: int) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pins with sched_setaffinity, reads /proc")
 def test_the_busy_neighbour_spins_pinned_to_one_of_our_cpus_while_the_block_runs_and_is_gone_after():
-    from bench.perf import busy_neighbour
+    from bench.measure import busy_neighbour
 
     with busy_neighbour() as cpu:
         assert cpu == max(os.sched_getaffinity(0))

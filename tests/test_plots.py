@@ -6,7 +6,7 @@ import pytest
 
 from bench import api
 from bench.plots import probe_depth
-from bench.report import frame
+from bench.runs import frame
 
 PROBE = {"l2_grid": "1e-3,1e-1"}
 

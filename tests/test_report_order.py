@@ -10,7 +10,8 @@ import pytest
 from bench import api
 from bench.errors import BenchError
 from bench.records import write_results
-from bench.report import frame, natural_key, pool_seeds, run_order, summary
+from bench.report import summary
+from bench.runs import frame, natural_key, pool_seeds, run_order
 
 LAYERS = ["h0", "h1", "h2", "final"]
 

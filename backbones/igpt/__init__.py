@@ -3,7 +3,7 @@
 
 Names: ``igpt`` with ``--weights`` (a transformers-format ImageGPT folder), or a shape for a
 seeded random init with a fixed uniform palette: a name (``igpt-tiny``, ``igpt-mini``, ``igpt-s`` …)
-or a spec ``igpt-<layers>x<width>[h<heads>]`` (``igpt-8x512``; see ``model.shape_config``).
+or a spec ``igpt-<layers>x<width>[h<heads>]`` (``igpt-8x512``; see ``shapes.shape_config``).
 ``--weights`` may point such a shape at a folder too.
 
 Features (the contract): an image becomes palette indices x1…xn in raster order (n = H·W); the
@@ -22,8 +22,9 @@ from backbones.base import Backbone, BackboneOptions, DataSpec, state_dict_diges
 from bench.errors import BenchError
 from bench.registry import match
 
-from .model import SHAPE_SPEC, SHAPES, IGPTConfig, ImageGPT, is_shape_spec, shape_config, with_sos
+from .model import IGPTConfig, ImageGPT, with_sos
 from .palette import Palette, tokenize
+from .shapes import SHAPE_SPEC, SHAPES, is_shape_spec, shape_config
 
 FEATURE_EPS = 1e-5
 

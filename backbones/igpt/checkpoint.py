@@ -51,7 +51,7 @@ def save_checkpoint(folder: Path, model: ImageGPT, palette: Palette, image: tupl
 def checked_config(raw, where: Path) -> IGPTConfig:
     """The model config of a checkpoint's ``igpt.json``, every field checked and the model's memory
     estimated before anything is allocated: a hand-edited or foreign file can claim anything."""
-    from .model import MAX_LAYERS, MAX_WIDTH
+    from .shapes import MAX_LAYERS, MAX_WIDTH
     from .weights import MAX_POSITIONS, check_memory
 
     limits = {"n_colors": (2, 1 << 16), "n_positions": (1, MAX_POSITIONS), "n_embd": (1, MAX_WIDTH),

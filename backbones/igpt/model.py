@@ -13,22 +13,19 @@ states of those layers and runs no block past the deepest one asked for.
 The model owns its loss, as in nanoGPT: ``model(idx, targets)`` and ``model.loss(tokens)`` give the
 next-token cross-entropy in nats, computed in float32 even under autocast.
 
-Shapes: a name from ``SHAPES`` or a spec ``igpt-<layers>x<width>`` with an optional ``h<heads>``
-(``igpt-8x512``, ``igpt-8x512h4``); ``shape_config(name)`` turns either into config keywords.
+With ``caches`` (one dict per block, empty at first) the forward also keeps each block's keys and
+values, so later calls run only the new positions: the sampler's path. Its one-token fast form is
+``decode.step``, tested equal to this one; shape names live in ``shapes``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from bench.errors import BenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -57,72 +54,6 @@ class IGPTConfig:
         return asdict(self)
 
 
-# The paper's sizes (32x32 input, 512 colors) and small ones that train on a CPU.
-SHAPES = {
-    "igpt-s": {"n_embd": 512, "n_layer": 24, "n_head": 8},
-    "igpt-m": {"n_embd": 1024, "n_layer": 36, "n_head": 8},
-    "igpt-l": {"n_embd": 1536, "n_layer": 48, "n_head": 16},
-    "igpt-xl": {"n_embd": 3072, "n_layer": 60, "n_head": 16},
-    "igpt-wide": {"n_embd": 256, "n_layer": 4, "n_head": 8},
-    "igpt-mini": {"n_embd": 128, "n_layer": 8, "n_head": 4},
-    "igpt-tiny": {"n_embd": 64, "n_layer": 4, "n_head": 4},
-}
-
-# Any other depth and width: igpt-<layers>x<width>, heads from the width unless h<heads> is given.
-SHAPE_SPEC = "igpt-<L>x<W>"
-_SPEC = re.compile(r"igpt-(?P<layers>\d+)x(?P<width>\d+)(?:h(?P<heads>\d+))?")
-_SPEC_ATTEMPT = re.compile(r"igpt-[\dx]")  # what a user who meant a spec writes first
-_HOW = "write igpt-<layers>x<width>, optionally with h<heads>, e.g. igpt-8x512 or igpt-8x512h4"
-MAX_LAYERS, MAX_WIDTH = 512, 16384  # beyond XL (60 x 3072) by far: a larger number is a typo
-
-
-def default_heads(width: int) -> int:
-    """The most heads of at least 64 channels that divide ``width`` (1 below 128): igpt-8x512 has
-    8 heads of 64, igpt-8x200 2 heads of 100, igpt-4x64 one head."""
-    return next(heads for heads in range(max(1, width // 64), 0, -1) if width % heads == 0)
-
-
-def is_shape_spec(name: str) -> bool:
-    """Whether ``name`` is, or was meant as, an ``igpt-<L>x<W>`` spec (``igpt-8x``, ``igpt-x64`` too)."""
-    return _SPEC_ATTEMPT.match(name) is not None
-
-
-def shape_config(name: str) -> dict:
-    """``IGPTConfig`` keywords (n_embd, n_layer, n_head) of a named shape or an ``igpt-<L>x<W>[h<H>]``
-    spec; a ``BenchError`` saying what to write for anything else."""
-    if name in SHAPES:
-        return dict(SHAPES[name])
-    spec = _SPEC.fullmatch(name)
-    if spec is None:
-        if is_shape_spec(name):
-            raise BenchError(f"malformed iGPT shape {name!r}: {_HOW}")
-        raise BenchError(f"unknown iGPT shape {name!r}{did_you_mean(name, SHAPES)}; choose one of "
-                         f"{', '.join(SHAPES)}, or {_HOW}")
-    layers, width = int(spec["layers"]), int(spec["width"])
-    if not 1 <= layers <= MAX_LAYERS:
-        raise BenchError(f"iGPT shape {name!r} has {layers} layers; layers must lie in 1..{MAX_LAYERS}, e.g. igpt-8x512")
-    if not 1 <= width <= MAX_WIDTH:
-        raise BenchError(f"iGPT shape {name!r} is {width} wide; the width must lie in 1..{MAX_WIDTH}, e.g. igpt-8x512")
-    heads = default_heads(width) if spec["heads"] is None else int(spec["heads"])
-    if heads < 1 or width % heads:
-        raise BenchError(f"iGPT shape {name!r}: {heads} heads do not divide the width {width}; choose heads "
-                         f"that divide it, or drop h{spec['heads']} for the default ({default_heads(width)})")
-    weights = 12 * layers * width * width * 4  # bytes of the blocks' fp32 matrices
-    memory = physical_memory()
-    if memory and weights > memory // 2:
-        raise BenchError(f"iGPT shape {name!r} has about {weights / 4 / 1e9:.1f}B parameters ({weights / 2**30:.0f} GiB "
-                         f"in fp32), more than half of this machine's {memory / 2**30:.0f} GiB; choose a smaller shape")
-    return {"n_embd": width, "n_layer": layers, "n_head": heads}
-
-
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight: no mean subtraction, no bias."""
 
@@ -132,7 +63,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused pass: ~6x the formula's speed
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused pass
 
 
 def quick_gelu(x):
@@ -204,41 +135,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache)
         return x + mlp(self.ln_2(x), self.c_fc.weight.t(), self.c_fc.bias, self.c_proj.weight.t(), self.c_proj.bias)
 
-    def decode(self, x, cache: dict, t: int):
-        """``forward`` for ONE new token per sequence: ``x`` [B, C] at position ``t``, with ``cache``
-        holding the keys and values of positions < t (its buffers allocated by an earlier
-        ``forward``). The same function, written as plain tensor ops on the block's weights, without
-        module calls or reshapes of the past: a sampler calls it once per token and block, and at
-        small widths its cost is mostly that overhead (docs/performance.md)."""
-        B, C = x.shape
-        attn, H = self.attn, self.attn.n_head
-        qkv_w, out_w, fc_w, proj_w = cache.get("weights") or cache.setdefault("weights", self._decode_weights())
-        h = F.rms_norm(x, (C,), self.ln_1.weight, self.ln_1.eps)
-        qkv = torch.addmm(attn.c_attn.bias, h, qkv_w).view(B, 3, H, C // H)
-        keys, values = cache["k"], cache["v"]
-        keys[:, :, t], values[:, :, t] = qkv[:, 1], qkv[:, 2]
-        cache["len"] = t + 1
-        # Attention written out rather than scaled_dot_product_attention, whose CPU kernel shares
-        # out a one-query attention by thread count: these give the same numbers at any count.
-        q = qkv[:, 0, :, None] * (C // H) ** -0.5
-        scores = torch.softmax(q @ keys[:, :, : t + 1].transpose(-1, -2), dim=-1)
-        y = scores @ values[:, :, : t + 1]
-        x = x + torch.addmm(attn.c_proj.bias, y.view(B, C), out_w)
-        h = F.rms_norm(x, (C,), self.ln_2.weight, self.ln_2.eps)
-        return x + mlp(h, fc_w, self.c_fc.bias, proj_w, self.c_proj.bias)
-
-    def _decode_weights(self) -> tuple:
-        """The block's four weights as [in, out] matrices for ``decode``: on a CPU, contiguous
-        copies, made once per sampled batch and kept in its cache. MKL multiplies a few rows by a
-        contiguous [in, out] matrix faster than by the transposed view of ``Linear.weight`` (small
-        models gain, large ones are bound by their products: docs/performance.md). For the
-        thousands of rows of ``forward`` the layout makes no difference, and a GPU's GEMMs take
-        either, so there the views are used as they are. The price on a CPU is a second copy of the
-        block weights while a batch samples."""
-        weights = (self.attn.c_attn.weight, self.attn.c_proj.weight, self.c_fc.weight, self.c_proj.weight)
-        cpu = weights[0].device.type == "cpu"
-        return tuple(w.t().contiguous() if cpu else w.t() for w in weights)
-
 
 class ImageGPT(nn.Module):
     def __init__(self, cfg: IGPTConfig):
@@ -267,17 +163,19 @@ class ImageGPT(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"h{i}" for i in range(self.cfg.n_layer + 1)] + ["final"]
 
-    def _check_length(self, end: int):
+    def check_length(self, end: int):
+        """Refuse a sequence that would end past the model's last position."""
         if end > self.cfg.n_positions:
             raise ValueError(f"sequence of {end} exceeds the model's {self.cfg.n_positions} positions")
 
     def embed(self, idx, start: int = 0):
         T = idx.shape[1]
-        self._check_length(start + T)
+        self.check_length(start + T)
         pos = torch.arange(start, start + T, device=idx.device)
         return self.wte(idx) + self.wpe(pos)
 
-    def forward_intermediates(self, idx, indices=None, stop_early: bool = False) -> dict[str, torch.Tensor]:
+    def forward_intermediates(self, idx, indices=None, stop_early: bool = False, *, caches: list[dict] | None = None,
+                              start: int = 0) -> dict[str, torch.Tensor]:
         """The hidden states {layer: [B, T, C]} of model input ``idx`` at the layers ``indices``,
         in depth order, as timm's ``forward_intermediates(x, indices, stop_early)``.
 
@@ -286,14 +184,21 @@ class ImageGPT(nn.Module):
         block past the deepest requested layer runs. A dict keyed by layer name rather than
         timm's list: names are what ``--layers`` and the activation files speak, and ``final``
         (after the last norm) is no block index.
+
+        ``caches``: one dict per block, empty at first; ``idx`` then holds positions ``start``…,
+        each block's keys and values are kept in its dict (a buffer for all positions) and the new
+        positions attend to those kept before.
         """
         names = self.layer_names
         wanted = self._requested_layers(indices)
         deepest = max(map(names.index, wanted)) if stop_early else len(names) - 1
-        x = self.embed(idx)
+        if caches is not None:
+            for cache in caches:
+                cache.setdefault("capacity", self.cfg.n_positions)
+        x = self.embed(idx, start)
         states = {"h0": x} if "h0" in wanted else {}
         for depth, block in enumerate(self.h[:deepest], start=1):  # deepest is n_layer + 1 for final
-            x = block(x)
+            x = block(x, None if caches is None else caches[depth - 1])
             if f"h{depth}" in wanted:
                 states[f"h{depth}"] = x
         if "final" in wanted:
@@ -320,12 +225,13 @@ class ImageGPT(nn.Module):
             raise ValueError("no layer requested; pass at least one layer name or position")
         return sorted(requested, key=names.index)
 
-    def forward(self, idx, targets=None, reduction: str = "mean"):
+    def forward(self, idx, targets=None, reduction: str = "mean", *, caches: list[dict] | None = None,
+                start: int = 0):
         """Logits over the colors [B, T, n_colors] for model input ``idx``. Given ``targets`` (the
         palette token each position predicts, [B, T]): the cross-entropy in nats instead, computed
         in float32 from the logits even under autocast; ``reduction`` as in ``F.cross_entropy``
-        ("none" gives [B, T])."""
-        final = self.forward_intermediates(idx, ["final"])["final"]
+        ("none" gives [B, T]). ``caches`` and ``start``: as in ``forward_intermediates``."""
+        final = self.forward_intermediates(idx, ["final"], caches=caches, start=start)["final"]
         if targets is None:
             return self.head(final)
         return self.head_loss(final, targets, reduction)
@@ -343,23 +249,6 @@ class ImageGPT(nn.Module):
         """Next-token cross-entropy (nats) of palette tokens x1…xn [B, n]: the model reads
         [SOS, x1, …, x(n−1)] and predicts x1…xn."""
         return self(with_sos(tokens, self.cfg.sos), tokens, reduction)
-
-    def step(self, idx, caches: list[dict], start: int):
-        """Logits for new tokens ``idx`` at positions start…, reusing and extending ``caches`` (one
-        dict per block, empty at first; each holds key/value buffers for all positions, and once
-        one-token steps begin, the block's weights as ``Block.decode`` multiplies them)."""
-        if idx.shape[1] == 1 and all(cache.get("len") == start for cache in caches):  # one token on a filled cache
-            self._check_length(start + 1)
-            x = self.wte.weight[idx[:, 0]] + self.wpe.weight[start]
-            for block, cache in zip(self.h, caches):
-                x = block.decode(x, cache, start)
-            x = F.rms_norm(x, (x.shape[-1],), self.ln_f.weight, self.ln_f.eps)
-            return (x @ self.head.weight.t())[:, None]
-        x = self.embed(idx, start)
-        for block, cache in zip(self.h, caches):
-            cache.setdefault("capacity", self.cfg.n_positions)
-            x = block(x, cache)
-        return self.head(self.ln_f(x))
 
 
 def with_sos(tokens, sos: int):

@@ -7,9 +7,10 @@ the same seed, only slower (a test holds the two together).
 
 On a CPU the cached one-token steps run under ``bench.runtime.ThreadPacer``: at torch's thread
 count or at 1, whichever is faster at the time, since on a machine another process keeps busy
-those thousands of tiny steps can run many times slower on all CPUs than on one. The decode's
-operators give the same numbers at any thread count (a test holds that), so the tokens do not
-depend on the choice.
+those thousands of tiny steps can run many times slower on all CPUs than on one. It paces only
+where the decode's products give the same numbers at both counts on this machine
+(``decode.thread_invariant``), so the tokens never depend on the load; elsewhere every step runs
+at torch's count.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from bench.runtime import ThreadPacer
 
+from .decode import step, thread_invariant
 from .model import ImageGPT
 
 
@@ -44,14 +46,14 @@ def generate(model: ImageGPT, prefix: torch.Tensor, n_positions: int, *, tempera
         return prefix[:, :n_positions]
     if use_cache:
         caches = [{} for _ in model.h]
-        logits = model.step(seq, caches, 0)[:, -1]
-        with ThreadPacer(active=device.type == "cpu") as pace:
+        logits = step(model, seq, caches, 0)[:, -1]
+        with ThreadPacer(active=device.type == "cpu" and thread_invariant(model, B)) as pace:
             for t in range(P, n_positions):
                 with pace.step():
                     nxt = _draw(logits, temperature, top_k, gen)
                     seq = torch.cat([seq, nxt], dim=1)
                     if t + 1 < n_positions:
-                        logits = model.step(nxt, caches, t + 1)[:, -1]
+                        logits = step(model, nxt, caches, t + 1)[:, -1]
     else:
         for _ in range(P, n_positions):
             logits = model(seq)[:, -1]

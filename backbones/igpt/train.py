@@ -25,10 +25,12 @@ from bench.datasets import MAX_SEED
 from bench.distributed import barrier, is_main, join_processes, leave
 from bench.errors import BenchError
 from bench.runtime import autocast_for, warn_slow_bf16
+from bench.training import SKIP, adamw, check_settings, ddp, lr_factor, optimizer_to, writer_lock
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_train_state, save_checkpoint
-from .model import IGPTConfig, ImageGPT, shape_config, with_sos
+from .model import IGPTConfig, ImageGPT, with_sos
 from .palette import DEFAULT_COLORS, Palette, tokenize
+from .shapes import shape_config
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,6 @@ def train_step(net, opt, tokens, autocast, grad_clip: float):
         torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
     opt.step()
     return loss
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def batch_rows(step: int, n: int, batch: int, seed: int) -> np.ndarray:
@@ -145,57 +139,41 @@ def pretrain(cfg: TrainConfig, out: Path, device: str = "cpu", quiet: bool = Fal
     ``compile``: run the training forward (and so its backward) through ``torch.compile``; the
     same function of the same weights, fused into fewer kernels. It is not a setting of the run:
     a run may resume with or without it. The first step pays the compilation."""
-    import contextlib
-
     from bench.files import check_writable
-    from bench.lock import Busy, exclusive, holder
 
     _validate(cfg)
     out = Path(out)
     check_writable(out / "run.json", "--out")
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    # One run writes a folder at a time (rank 0 of a torchrun launch holds the lock for all).
-    guard = exclusive(out / "run.json", "pretraining into", log, wait=False) if is_main() else contextlib.nullcontext()
-    try:
-        guard.__enter__()
-    except Busy:
-        raise BenchError(f"{out} is being trained by {holder(out / 'run.json')}; wait for it to finish (then the "
-                         "same command continues it) or choose another --out") from None
-    try:
+    with writer_lock(out / "run.json", out, "pretraining into", "trained", "choose another --out", log, is_main()):
         return _pretrain(cfg, out, settings, device, quiet, log, compile)
-    finally:
-        guard.__exit__(None, None, None)
 
 
 def _settings_of(doc, where: Path) -> dict:
     """A run's settings as saved in ``run.json`` or a checkpoint, with later settings at their defaults."""
     if not isinstance(doc, dict):
-        raise BenchError(f"{where} is damaged (not a settings object); delete the run folder or choose another --out")
+        raise BenchError(f"{where} is damaged (not a settings object); {_ADVICE}")
     return {f.name: doc.get(f.name, f.default if not isinstance(f.default, tuple) else list(f.default))
             for f in fields(TrainConfig)}
+
+
+_ADVICE = "rerun with the same settings to resume, or delete the run folder, or choose another --out"
 
 
 def check_run_folder(out: Path, settings: dict) -> None:
     """Refuse a run folder whose ``run.json`` or any checkpoint was written with other settings:
     resuming would continue another run's weights under this run's name."""
+    def read(source: Path):
+        def settings_in(doc):
+            if source.name == "igpt.json":
+                if not isinstance(doc, dict) or "train" not in doc:
+                    return SKIP  # a checkpoint saved by hand: no training settings to compare
+                doc = doc["train"]
+            return _settings_of(doc, source)
+        return settings_in
+
     sources = [out / "run.json"] + sorted((out / "checkpoints").glob("step-*/igpt.json"))
-    for source in sources:
-        if not source.is_file():
-            continue
-        try:
-            doc = json.loads(source.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise BenchError(f"{source} is damaged ({e}); delete it (or the run folder) or choose another "
-                             "--out") from None
-        if source.name == "igpt.json":
-            if not isinstance(doc, dict) or "train" not in doc:
-                continue  # a checkpoint saved by hand: no training settings to compare
-            doc = doc["train"]
-        old = _settings_of(doc, source)
-        if old != settings:
-            diff = [k for k in settings if old.get(k) != settings[k]]
-            raise BenchError(f"{source} was written by a run with other settings ({', '.join(diff)}); rerun with "
-                             "the same settings to resume, or choose another --out")
+    check_settings([(source, settings, read(source), False) for source in sources], "a run", _ADVICE)
 
 
 def _pretrain(cfg: TrainConfig, out: Path, settings: dict, device: str, quiet: bool, log, compile: bool) -> Path:
@@ -230,12 +208,9 @@ def _pretrain(cfg: TrainConfig, out: Path, settings: dict, device: str, quiet: b
     torch.manual_seed(cfg.seed)
     mcfg = IGPTConfig(n_colors=palette.n_colors, n_positions=h * w, **shape_config(cfg.backbone))
     model = ImageGPT(mcfg)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=str(device).startswith("cuda"))  # one kernel for all parameters on a GPU
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    opt = adamw(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.95),
+                fused=str(device).startswith("cuda"))  # one kernel for all parameters on a GPU
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps, cfg.min_lr_ratio))
     start = 0
     if latest is not None:
         loaded, _, _, _ = load_checkpoint(latest)
@@ -248,11 +223,8 @@ def _pretrain(cfg: TrainConfig, out: Path, settings: dict, device: str, quiet: b
         if main:
             log(f"resuming {out} at step {start}")
     model.to(device)
-    for st in opt.state.values():  # optimizer moments follow the model to its device
-        for k, v in st.items():
-            if torch.is_tensor(v) and k != "step":
-                st[k] = v.to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer_to(opt, device)
+    net = ddp(model, world)
     if compile:
         net = torch.compile(net)
     autocast = autocast_for(cfg.precision, device)

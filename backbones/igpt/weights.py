@@ -13,8 +13,9 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-from .model import MAX_LAYERS, MAX_WIDTH, IGPTConfig, ImageGPT, from_transformers_state_dict, physical_memory
+from .model import IGPTConfig, ImageGPT, from_transformers_state_dict
 from .palette import Palette
+from .shapes import MAX_LAYERS, MAX_WIDTH, physical_memory
 
 MAX_POSITIONS = 1 << 16  # 256 x 256 tokens: far past any ImageGPT
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
