@@ -34,3 +34,12 @@ def result_identity(*, fingerprint: str, dataset: str, data_digests: dict, task:
     return identity(precision, fingerprint=fingerprint, dataset=dataset, data=dict(sorted(data_digests.items())),
                     task=task, options=json.loads(json.dumps(options, sort_keys=True, default=str)),
                     layers=list(layers), seed=seed, limit=limit, tag=tag)
+
+
+def study_identity(*, study: str, dataset: str, options: dict, members: list[list[str]], seed: int,
+                   tag: str | None) -> dict:
+    """What makes a study (a correlation across checkpoints): its task and options on the dataset,
+    and the run ids of its members (a list per point), which carry everything that made them."""
+    return {"study": study, "dataset": dataset, "task": study,
+            "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
+            "members": members, "seed": seed, "tag": tag}

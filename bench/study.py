@@ -21,6 +21,7 @@ import numpy as np
 
 from backbones.base import BackboneOptions, resolve
 from bench.errors import BenchError
+from bench.identity import study_identity
 from bench.job import Job, Outcome, Settings
 from bench.provenance import git_commit, now, versions
 from bench.records import finished_run, run_id, write_results
@@ -191,9 +192,8 @@ def _describe(palette) -> str:
 
 def target(study: StudyJob, members: list[list[str]], settings: Settings) -> tuple[dict, Path]:
     """The study's identity and results file, from the run ids of its members (a list per point)."""
-    identity = {"study": study.task, "dataset": study.dataset, "task": study.task,
-                "options": json.loads(json.dumps(study.options, sort_keys=True, default=str)),
-                "members": members, "seed": study.seed, "tag": settings.tag}
+    identity = study_identity(study=study.task, dataset=study.dataset, options=study.options, members=members,
+                              seed=study.seed, tag=settings.tag)
     tag = f"__{settings.tag}" if settings.tag else ""
     return identity, Path(settings.results_dir) / f"study__{study.dataset}__{study.task}{tag}__{run_id(identity)}.json"
 
