@@ -32,9 +32,10 @@ from tasks.base import Task
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def expand_weights(patterns) -> list[str]:
+def expand_weights(patterns, log=None) -> list[str]:
     """Each pattern as given, or, when it holds a glob, every match in natural order (so
-    ``RUN/checkpoints/*`` lists checkpoints by step). A glob that matches nothing is an error."""
+    ``RUN/checkpoints/*`` lists checkpoints by step). A glob that matches nothing is an error; a
+    path given (or matched) twice runs once, and ``log`` says so."""
     out: list[str] = []
     for pattern in patterns:
         pattern = str(pattern)
@@ -46,7 +47,11 @@ def expand_weights(patterns) -> list[str]:
             raise BenchError(f"--weights {pattern!r} matches nothing; check the path (quote the glob so the "
                              "shell does not expand it)")
         out += sorted(hits, key=_natural_key)
-    return list(dict.fromkeys(out))
+    unique = list(dict.fromkeys(out))
+    if log and len(unique) < len(out):
+        twice = sorted({w for w in out if out.count(w) > 1})
+        log(f"--weights {', '.join(twice)} given more than once: run once")
+    return unique
 
 
 def _natural_key(path: str):
@@ -148,7 +153,7 @@ def plan(*, backbones, datasets, tasks, weights=(), pretrained: bool = False, im
     per_task = split_task_options(tasks, task_options)
     for name in tasks:  # values are checked before any work too
         TASKS.get(name)().parse_options(per_task[name])
-    weight_list = expand_weights(_as_list(weights, None)) if weights else [None]
+    weight_list = expand_weights(_as_list(weights, None), settings.log) if weights else [None]
     plain = [t for t in tasks if not getattr(TASKS.get(t), "study", False)]
     jobs = [Job(backbone=b, dataset=d, task=t, task_options=per_task[t],
                 options=BackboneOptions(pretrained=pretrained, weights=w, image_size=image_size, seed=s))

@@ -151,3 +151,16 @@ def test_global_flags_work_after_the_subcommand_and_bare_bench_is_help(bench, tm
         bench("run", "-b", "nope", "-t", "linear-probe", "-d", "digits", "--debug")
     r = bench()
     assert r.code == 0 and r.out.startswith("Usage: bench") and "error:" not in r.out + r.err
+
+
+def test_weights_given_twice_run_once_and_the_log_says_so(tmp_path):
+    from bench.sweep import expand_weights
+
+    (tmp_path / "ckpt").mkdir()
+    for step in (10, 2):
+        (tmp_path / "ckpt" / f"step-{step}").mkdir()
+    said = []
+    got = expand_weights([tmp_path / "ckpt" / "step-2", str(tmp_path / "ckpt" / "*")], said.append)
+    assert got == [str(tmp_path / "ckpt" / "step-2"), str(tmp_path / "ckpt" / "step-10")]
+    assert len(said) == 1 and "step-2 given more than once: run once" in said[0]
+    assert expand_weights([tmp_path / "ckpt" / "step-2"], said.append) and len(said) == 1
