@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.files import atomic_write_bytes
 
 
 def adamw(module, lr: float, weight_decay: float, betas=(0.9, 0.999), fused: bool | None = None):
@@ -122,9 +123,7 @@ def write_whole(final: Path, fill, pattern: str | None = None) -> None:
 
 def write_json(path: Path, doc) -> None:
     """``doc`` as JSON at ``path``, whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
 
 
 def cpu_state(module) -> dict:
