@@ -165,11 +165,12 @@ def work(job, settings, threads):
         settings = replace(settings, device=pick_device(settings.device), log=_to_log)
         with using_threads(threads):
             return run_job(job, settings), None
-    except BenchError as e:
-        return None, (str(e), True)
-    except Exception as e:  # noqa: BLE001 - reported, as the sweep reports a bug
-        traceback.print_exc()
-        return None, (f"internal error: {type(e).__name__}: {e}", False)
+    except Exception as e:  # noqa: BLE001 - reported as the sweep reports its own jobs' failures
+        from bench.sweep import failure_of
+
+        if not isinstance(e, BenchError):
+            traceback.print_exc()
+        return None, failure_of(e)
 
 
 def _to_log(message: str) -> None:

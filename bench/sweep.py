@@ -387,11 +387,15 @@ def _guarded(work, job, failures: list, on_failure):
     """``work()``, or None after recording its failure: one broken job must not end the sweep."""
     try:
         return work()
-    except BenchError as e:
-        failures.append(Failure(job, str(e), True))
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # noqa: BLE001
-        failures.append(Failure(job, f"internal error: {type(e).__name__}: {e}", False))
+    except Exception as e:  # noqa: BLE001 - KeyboardInterrupt still ends the sweep
+        failures.append(Failure(job, *failure_of(e)))
     on_failure(failures[-1])
     return None
+
+
+def failure_of(e: Exception) -> tuple[str, bool]:
+    """How a sweep reports a job's exception: ``(message, user_error)``; a BenchError is the
+    user's, anything else a bug named by its type."""
+    if isinstance(e, BenchError):
+        return str(e), True
+    return f"internal error: {type(e).__name__}: {e}", False
