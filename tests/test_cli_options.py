@@ -4,7 +4,7 @@ only rank 0 prints what a command reports."""
 import click
 
 from bench.cli import cli
-from bench.cli_options import echo_main
+from bench.cli.options import echo_main
 
 
 def commands(group=cli, path=("bench",)):

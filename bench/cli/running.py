@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli_options import (
+from bench.cli.options import (
     CONTEXT,
     backbone_options,
     data_options,

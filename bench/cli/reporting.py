@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli_options import CONTEXT
+from bench.cli.options import CONTEXT
 from bench.errors import BenchError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli_options import (
+from bench.cli.options import (
     CONTEXT,
     SEED,
     Number,

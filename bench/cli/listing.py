@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli_options import CONTEXT, SEED, console, image_size_option, pretrained_option, weights_option
+from bench.cli.options import CONTEXT, SEED, console, image_size_option, pretrained_option, weights_option
 from bench.errors import BenchError
 
 

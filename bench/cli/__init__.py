@@ -1,8 +1,9 @@
 """The `bench` command line: click for parsing, rich for output.
 
-This module holds the `bench` group, its global flags and ``main`` (error handling); the commands
-live in ``bench.cli_*`` modules by subject and are added here. Every mistake a user can make ends
-in one line on stderr and exit code 2; ``--debug`` shows the traceback of anything else.
+This package's ``__init__`` holds the `bench` group, its global flags and ``main`` (error
+handling); the commands live in its modules by subject (``listing``, ``running``, ``reporting``,
+``model``, ``speed``; ``options`` holds the shared option decorators) and are added here. Every
+mistake a user can make ends in one line on stderr and exit code 2; ``--debug`` shows the traceback of anything else.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import click
 
-from bench.cli_list import backbones, datasets, tasks
-from bench.cli_model import complete, demo, pretrain, sample
-from bench.cli_options import CONTEXT
-from bench.cli_perf import benchmark, perf
-from bench.cli_report import compare, report
-from bench.cli_run import cache, extract, run
+from bench.cli.listing import backbones, datasets, tasks
+from bench.cli.model import complete, demo, pretrain, sample
+from bench.cli.options import CONTEXT
+from bench.cli.reporting import compare, report
+from bench.cli.running import cache, extract, run
+from bench.cli.speed import benchmark, perf
 from bench.distributed import launch
 from bench.errors import BenchError
 

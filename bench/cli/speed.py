@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli_options import (
+from bench.cli.options import (
     CONTEXT,
     SEED,
     Number,
