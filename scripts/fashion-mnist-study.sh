@@ -14,7 +14,8 @@
 # Routes: DEVICE=cuda (default) trains at 28x28 in bf16 through torch.compile, sized for about
 # 10 minutes on one H100/H200 (an estimate from igpt-wide's pretraining there);
 # PART=pretrain and PART=evaluate split it into two calls. DEVICE=cpu trains at 14x14 (hours on
-# 2 cores; every step resumes or is skipped when done, so a run may span sessions). A toy run:
+# 2 cores; every step resumes or is skipped when done, so a run may span sessions) and fine-tunes on
+# FT_LIMIT rows per split (10000: a subset of train, val and test whole; FT_LIMIT= for all). A toy run:
 #   DEVICE=cpu STEPS=12 DEEP_STEPS=12 LIMIT=100 N=10 SIZES="igpt-2x32 igpt-2x64" DEEP=igpt-8x32 \
 #       FT_EPOCHS=1 SHOTS=1,5 RES=/tmp/toy RUNS=/tmp/toy-runs scripts/fashion-mnist-study.sh
 # Records go to $RES (records/, correlation/), checkpoints and the activation cache to $RUNS;
@@ -25,8 +26,10 @@ DEVICE=${DEVICE:-cuda}
 case "$DEVICE" in
     cuda*) ROUTE=gpu; IMAGE=${IMAGE:-28}; STEPS=${STEPS:-1500}; BATCH=${BATCH:-128}; PRECISION=${PRECISION:-bf16}
            LRS_IGPT=${LRS_IGPT:-3e-5,1e-4,3e-4}; FT_EPOCHS=${FT_EPOCHS:-2}; N=${N:-500} ;;
-    cpu) ROUTE=cpu; IMAGE=${IMAGE:-14}; STEPS=${STEPS:-5000}; BATCH=${BATCH:-16}; PRECISION=${PRECISION:-bf16}
-         LRS_IGPT=${LRS_IGPT:-3e-5,1e-4,3e-4}; FT_EPOCHS=${FT_EPOCHS:-3}; N=${N:-400} ;;
+    cpu) ROUTE=cpu; IMAGE=${IMAGE:-14}; STEPS=${STEPS:-5000}; BATCH=${BATCH:-16}
+         LRS_IGPT=${LRS_IGPT:-3e-5,1e-4,3e-4}; FT_EPOCHS=${FT_EPOCHS:-3}; N=${N:-400}; FT_LIMIT=${FT_LIMIT-10000}
+         # bf16 only where the CPU computes it natively (AVX512-BF16 or AMX); emulated, it is slower than fp32
+         PRECISION=${PRECISION:-$(${PYTHON:-python} -c 'from bench.runtime import cpu_bf16_hardware as h; print("bf16" if h() else "fp32")')} ;;
     *) echo "fashion-mnist-study.sh: DEVICE must be cuda[:N] or cpu, not '$DEVICE'" >&2; exit 2 ;;
 esac
 PART=${PART:-all}
@@ -60,8 +63,8 @@ source "$(dirname "$0")/steps.sh"
 for n in "$STEPS" "$DEEP_STEPS"; do
     [ "$n" -ge 6 ] 2>/dev/null || { echo "fashion-mnist-study.sh: STEPS and DEEP_STEPS must be at least 6 (six saves), not '$n'" >&2; exit 2; }
 done
-saves() {  # six checkpoints: every sixth of the steps, and the last
-    seq -s, $(($1 / 6)) $(($1 / 6)) $(($1 - 1))
+saves() {  # five saves, a sixth of the steps apart (the last step is saved too: six checkpoints)
+    seq -s, $(($1 / 6)) $(($1 / 6)) $(($1 - $1 / 6))
 }
 pretrain() {  # NAME STEPS
     step "pretrain-$1" $BENCH -q pretrain -b "$1" -d "$DATASET" --image-size "$IMAGE" --steps "$2" \
@@ -85,7 +88,9 @@ step probes-pixels-view $BENCH -q run -b pixels-view --weights "$RUNS/$MAIN" -t 
     -o shots="$SHOTS" --results "$RES/records" "${RUN[@]}"
 step probes-pixels-resnet18 $BENCH -q run -b pixels -b resnet18 -t linear-probe -t knn -t low-data-probe \
     -o shots="$SHOTS" --results "$RES/records" "${RUN[@]}"
-FT=(-t finetune -o epochs="$FT_EPOCHS" --results "$RES/records" "${RUN[@]}")
+FT_LIMIT_ARGS=("${LIMIT_ARGS[@]}")
+[ -n "${FT_LIMIT:-}" ] && [ -z "${LIMIT:-}" ] && FT_LIMIT_ARGS=(--limit "$FT_LIMIT")
+FT=(-t finetune -o epochs="$FT_EPOCHS" --results "$RES/records" -d "$DATASET" --device "$DEVICE" "${FT_LIMIT_ARGS[@]}")
 step finetune-igpt $BENCH -q run -b igpt --weights "$RUNS/$MAIN" -o lr="$LRS_IGPT" "${FT[@]}"
 step finetune-resnet18 $BENCH -q run -b resnet18 -o lr="$LRS_RESNET" "${FT[@]}"
 
