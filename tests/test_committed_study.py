@@ -9,15 +9,11 @@ from pathlib import Path
 
 from bench import api
 from bench.records import collect
-from tests.test_committed_results import FACTS, TARGETS, prose_numbers
+from tests.test_committed_results import FACTS, TARGETS, _f, prose_numbers
 
 STUDY = Path(__file__).resolve().parent.parent / "results" / "fashion-mnist" / "study-cpu"
 SIZES = ("igpt-2x32", "igpt-4x64", "igpt-8x64")
 MAIN = "igpt-8x64"
-
-
-def _f(x) -> str:
-    return f"{float(x):.2f}"
 
 
 def _ci(row) -> str:
@@ -91,6 +87,13 @@ def _chosen(a: Path, b: Path):
     return rows[rows.compared == "layers chosen by val"].iloc[0]
 
 
+def _finetunes() -> tuple[Path, Path]:
+    """The iGPT's and the ResNet-18's fine-tune records."""
+    (igpt,) = (STUDY / "records").glob("igpt@*__finetune__*.json")
+    (resnet,) = (STUDY / "records").glob("resnet18__*__finetune__*.json")
+    return igpt, resnet
+
+
 def _main_probe() -> Path:
     """The linear probe of the 8-block model's last checkpoint, from the correlation study."""
     runs = {f: json.loads(f.read_text())["run"] for f in collect([STUDY / "correlation"])}
@@ -137,13 +140,31 @@ def baseline_claims() -> list[str]:
                       f"Δ {_f(row['Δ'])} [{_f(row['Δ low'])}, {_f(row['Δ high'])}], McNemar p {_p(row.p)}")
         if backbone == "pixels-view":
             view = row
-    (igpt_ft,) = (STUDY / "records").glob("igpt@*__finetune__*.json")
-    (resnet_ft,) = (STUDY / "records").glob("resnet18__*__finetune__*.json")
-    ft = _chosen(igpt_ft, resnet_ft)
+    ft = _chosen(*_finetunes())
     c_met = float(view["top1 A"]) >= 88 and float(view["Δ"]) < 0 and view.p < 0.05 and float(ft["Δ"]) <= 0
     claims.append(f"**(c) {'met' if c_met else 'not met'}**")
     return claims
 
+
+def finetune_claims() -> list[str]:
+    """The fine-tunes of records/: same rows and epochs for both, each rate chosen on val."""
+    df = api.report(STUDY / "records")
+    ft = df[(df.task == "finetune") & df.curve.isna()]
+    runs = {r["backbone"]: r for r in _runs(STUDY / "records") if r["task"] == "finetune"}
+    budget = {(r["config"]["task_options"]["epochs"], r["splits"]["train"]["rows"], r["splits"]["test"]["rows"])
+              for r in runs.values()}
+    (epochs, rows, test_rows), = budget  # one budget for both
+    row = _chosen(*_finetunes())
+    lrs = {b: float(ft[(ft.backbone == b) & (ft.metric == "lr")].value.iloc[0]) for b in runs}
+    grid = runs["igpt"]["config"]["task_options"]["lr"]
+    assert lrs["igpt"] == max(map(float, grid))  # "the iGPT's rate chosen at the top of its grid"
+    assert float(row["Δ"]) > 0  # "the fine-tuned ResNet-18 wins"
+    return [
+        f"{rows:,} training rows, {epochs} epochs",
+        f"{test_rows:,} test images",
+        f"iGPT {_f(row['top1 A'])} (lr {lrs['igpt']:g}) against ResNet-18 {_f(row['top1 B'])} (lr {lrs['resnet18']:g})",
+        f"Δ {_f(row['Δ'])} [{_f(row['Δ low'])}, {_f(row['Δ high'])}], McNemar p {_p(row.p)}",
+    ]
 
 def test_the_study_cpu_readme_states_only_numbers_of_its_records():
     """Each claim is in the README (however its lines wrap), and every number of its prose is one of
@@ -167,25 +188,3 @@ def test_the_study_cpu_folder_is_whole():
         assert (STUDY / f"{size}-pretrain-log.jsonl").is_file()
     assert re.search(r"correlation\S*: \d+ s", (STUDY / "times.txt").read_text())
 
-
-def finetune_claims() -> list[str]:
-    """The fine-tunes of records/: same rows and epochs for both, each rate chosen on val."""
-    df = api.report(STUDY / "records")
-    ft = df[(df.task == "finetune") & df.curve.isna()]
-    runs = {r["backbone"]: r for r in _runs(STUDY / "records") if r["task"] == "finetune"}
-    budget = {(r["config"]["task_options"]["epochs"], r["splits"]["train"]["rows"], r["splits"]["test"]["rows"])
-              for r in runs.values()}
-    (epochs, rows, test_rows), = budget  # one budget for both
-    (igpt,) = (STUDY / "records").glob("igpt@*__finetune__*.json")
-    (resnet,) = (STUDY / "records").glob("resnet18__*__finetune__*.json")
-    row = _chosen(igpt, resnet)
-    lrs = {b: float(ft[(ft.backbone == b) & (ft.metric == "lr")].value.iloc[0]) for b in runs}
-    grid = runs["igpt"]["config"]["task_options"]["lr"]
-    assert lrs["igpt"] == max(map(float, grid))  # "the iGPT's rate chosen at the top of its grid"
-    assert float(row["Δ"]) > 0  # "the fine-tuned ResNet-18 wins"
-    return [
-        f"{rows:,} training rows, {epochs} epochs",
-        f"{test_rows:,} test images",
-        f"iGPT {_f(row['top1 A'])} (lr {lrs['igpt']:g}) against ResNet-18 {_f(row['top1 B'])} (lr {lrs['resnet18']:g})",
-        f"Δ {_f(row['Δ'])} [{_f(row['Δ low'])}, {_f(row['Δ high'])}], McNemar p {_p(row.p)}",
-    ]
