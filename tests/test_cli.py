@@ -89,6 +89,13 @@ def test_listing_and_showing(bench):
     assert r.code == 0 and "fashion-mnist" in r.out
 
 
+def test_a_group_without_its_command_shows_its_help(bench):
+    for group in ("tasks", "backbones", "datasets"):
+        r = bench(group)
+        assert r.code == 0 and "Commands:" in r.out and "list" in r.out, (group, r)
+        assert "\\n" not in r.out + r.err
+
+
 def test_every_command_has_an_example_in_help(bench):
     for cmd in (["backbones", "list"], ["backbones", "show"], ["tasks", "list"], ["datasets", "list"],
                 ["extract"], ["run"], ["report"], ["compare"], []):

@@ -109,6 +109,9 @@ def main(argv=None) -> None:
         say_error(f"error: {one_line(str(e))}", e.exit_code)
         sys.exit(e.exit_code)
     except click.exceptions.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx:  # `bench tasks`: its help, as a bare `bench`
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         if debug:
             raise
         where = f"`{e.ctx.command_path} --help`" if e.ctx else "`bench --help`"
