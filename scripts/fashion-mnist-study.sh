@@ -4,6 +4,7 @@
 #     ($DEEP, at least 8 blocks) trained longer ($DEEP_STEPS), all with one recipe and palette;
 #   - the correlation study over every checkpoint of $SIZES, probes on the full train split (no
 #     --limit), its per-size, partial-given-step and matched-step statistics;
+#   - the deep model's every layer probed at its last three saves (has its depth curve settled?);
 #   - the deep model ($MAIN) probed on every layer (and the five around the best, concatenated),
 #     kNN and low-data probes, and the paired test of its best inner layer against its top block;
 #   - pixels raw and at the model's view (pixels-view --weights), a random-init resnet18 (every
@@ -18,7 +19,7 @@
 # FT_LIMIT rows per split (10000: a subset of train, val and test whole; FT_LIMIT= for all). A toy run:
 #   DEVICE=cpu STEPS=12 DEEP_STEPS=12 LIMIT=100 N=10 SIZES="igpt-2x32 igpt-2x64" DEEP=igpt-8x32 \
 #       FT_EPOCHS=1 SHOTS=1,5 RES=/tmp/toy RUNS=/tmp/toy-runs scripts/fashion-mnist-study.sh
-# Records go to $RES (records/, correlation/), checkpoints and the activation cache to $RUNS;
+# Records go to $RES (records/, correlation/, depth/), checkpoints and the activation cache to $RUNS;
 # relative folders (the defaults) keep the records free of this machine's paths. Each step's wall
 # time goes to $RES/times.txt.
 set -euo pipefail
@@ -82,6 +83,11 @@ RUN=(-d "$DATASET" --device "$DEVICE" "${LIMIT_ARGS[@]}")
 WEIGHTS=()
 for size in $SIZES; do WEIGHTS+=(--weights "$RUNS/$size/checkpoints/*"); done
 step correlation $BENCH -q run -t correlation -b igpt "${WEIGHTS[@]}" -o n="$N" -o extractor="$EXTRACTOR" --results "$RES/correlation" "${RUN[@]}"
+# The deep model's depth curve and bits/dim at its last three saves: whether the curve has settled.
+DEEP_LAST=()
+for save in $(ls -d "$RUNS/$DEEP"/checkpoints/step-* | tail -n 3); do DEEP_LAST+=(--weights "$save"); done
+step depth-igpt $BENCH -q run -b igpt "${DEEP_LAST[@]}" -t bits-per-dim -o split=val -t linear-probe \
+    --results "$RES/depth" "${RUN[@]}"
 step probes-igpt $BENCH -q run -b igpt --weights "$RUNS/$MAIN" -t linear-probe -t knn -t low-data-probe \
     -o concat=best5 -o shots="$SHOTS" --precision "$PRECISION" --results "$RES/records" "${RUN[@]}"
 step probes-pixels-view $BENCH -q run -b pixels-view --weights "$RUNS/$MAIN" -t linear-probe -t knn -t low-data-probe \
@@ -119,8 +125,8 @@ EOF
 )
 $BENCH compare --paired --format md --layers "$top,$inner" "$igpt_probe" > "$RES/depth-paired.md"
 
-step report $BENCH report "$RES/records" "$RES/correlation" --format html --out "$RES/report.html" --plot "$RES/plots"
-$BENCH report "$RES/records" "$RES/correlation" --summary --format md > "$RES/results.md"
+step report $BENCH report "$RES/records" "$RES/correlation" "$RES/depth" --format html --out "$RES/report.html" --plot "$RES/plots"
+$BENCH report "$RES/records" "$RES/correlation" "$RES/depth" --summary --format md > "$RES/results.md"
 for size in $SIZES $DEEP; do
     cp "$RUNS/$size/log.jsonl" "$RES/$size-pretrain-log.jsonl"
     cp "$RUNS/$size/run.json" "$RES/$size-pretrain-settings.json"

@@ -343,7 +343,7 @@ def test_the_study_script_runs_its_whole_chain_on_the_cpu_at_toy_scale(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = tmp_path / "res"
     steps = [line.split(":")[0] for line in (res / "times.txt").read_text().splitlines()]
-    assert steps == ["pretrain-igpt-1x16", "pretrain-igpt-2x16", "correlation", "probes-igpt", "probes-pixels-view",
+    assert steps == ["pretrain-igpt-1x16", "pretrain-igpt-2x16", "correlation", "depth-igpt", "probes-igpt", "probes-pixels-view",
                      "probes-pixels-resnet18", "finetune-igpt", "finetune-resnet18", "report"]
     for size in ("igpt-1x16", "igpt-2x16"):
         assert len(list((tmp_path / "runs" / size / "checkpoints").glob("step-*"))) == 6  # six saves each
@@ -356,6 +356,9 @@ def test_the_study_script_runs_its_whole_chain_on_the_cpu_at_toy_scale(tmp_path)
     paired = (res / "paired.md").read_text()
     assert "pixels-view" in paired and "finetune" in paired and "McNemar" in paired
     assert "two layers" in (res / "depth-paired.md").read_text()
+    depth = api.report(res / "depth")  # the deep model's last three saves: every layer, and bits/dim on val
+    assert sorted(depth[depth.task == "linear-probe"].step.astype(int).unique()) == [4, 5, 6]
+    assert set(depth[depth.metric == "bits_per_dim"].split) == {"val"}
     assert (res / "report.html").is_file() and (res / "results.md").is_file()
     assert (res / "igpt-2x16-pretrain-log.jsonl").is_file()
     written = [f for f in res.rglob("*") if f.suffix in (".json", ".jsonl", ".md", ".html")]

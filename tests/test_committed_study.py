@@ -13,7 +13,7 @@ from tests.test_committed_results import FACTS, TARGETS, _f, prose_numbers
 
 STUDY = Path(__file__).resolve().parent.parent / "results" / "fashion-mnist" / "study-cpu"
 SIZES = ("igpt-2x32", "igpt-4x64", "igpt-8x64")
-MAIN = "igpt-8x64"
+MAIN = "igpt-8x128"
 
 
 def _ci(row) -> str:
@@ -95,16 +95,37 @@ def _finetunes() -> tuple[Path, Path]:
 
 
 def _main_probe() -> Path:
-    """The linear probe of the 8-block model's last checkpoint, from the correlation study."""
-    runs = {f: json.loads(f.read_text())["run"] for f in collect([STUDY / "correlation"])}
-    last = max(r["step"] for r in runs.values() if r.get("weights", "").startswith(f"runs/fm-study-cpu/{MAIN}/"))
-    (path,) = [f for f, r in runs.items() if r["task"] == "linear-probe" and r["step"] == last
-               and r["weights"].startswith(f"runs/fm-study-cpu/{MAIN}/")]
+    """The linear probe (every layer, and the best five concatenated) of the deep model's last checkpoint."""
+    (path,) = (STUDY / "records").glob("igpt@*__linear-probe__*.json")
     return path
 
 
+def _val_choice(df):
+    """Per step, the single layer val chooses (top-1) among a probe's layers."""
+    single = df[(df.task == "linear-probe") & (df.metric == "top1") & ~df.layer.astype(str).str.contains("+", regex=False)]
+    val = single[single.split == "val"]
+    return {int(float(step)): g.loc[g.value.astype(float).idxmax()].layer for step, g in val.groupby("step")}
+
+
+def settle_claims() -> list[str]:
+    """The deep model's depth curve at its last three saves (depth/): has it settled?"""
+    df = api.report(STUDY / "depth")
+    probe = df[(df.task == "linear-probe") & (df.metric == "top1") & (df.split == "test")]
+    test = probe.pivot_table(index="layer", columns="step", values="value", aggfunc="first").astype(float)
+    steps = sorted(test.columns, key=float)
+    bpd = df[df.metric == "bits_per_dim"].set_index("step").value.astype(float)
+    chosen = _val_choice(df)
+    moved = (test[steps[-1]] - test[steps[-2]]).abs()
+    return [
+        "steps " + ", ".join(f"{int(float(s)):,}" for s in steps),
+        "bits/dim on val " + ", ".join(f"{bpd[s]:.3f}" for s in steps),
+        "val chooses " + ", ".join(f"{chosen[int(float(s))]} (step {int(float(s)):,})" for s in steps),
+        f"at most {moved.max():.2f} points ({moved.idxmax()})",
+    ]
+
+
 def depth_claims() -> list[str]:
-    """The depth curve of the 8-block model's last checkpoint, and its best inner layer against its top."""
+    """The depth curve of the deep model's last checkpoint, and its best inner layer against its top."""
     igpt = _main_probe()
     df = api.report(igpt)
     model = json.loads(igpt.read_text())["run"]["backbone_provenance"]["config"]["model"]
@@ -156,21 +177,28 @@ def finetune_claims() -> list[str]:
     (epochs, rows, test_rows), = budget  # one budget for both
     row = _chosen(*_finetunes())
     lrs = {b: float(ft[(ft.backbone == b) & (ft.metric == "lr")].value.iloc[0]) for b in runs}
-    grid = runs["igpt"]["config"]["task_options"]["lr"]
-    assert lrs["igpt"] == max(map(float, grid))  # "the iGPT's rate chosen at the top of its grid"
-    assert float(row["Δ"]) > 0  # "the fine-tuned ResNet-18 wins"
+    grids = {b: sorted(map(float, r["config"]["task_options"]["lr"])) for b, r in runs.items()}
+
+    def where(b):
+        return "the top" if lrs[b] == grids[b][-1] else "the bottom" if lrs[b] == grids[b][0] else "the middle"
+
     return [
+        f"iGPT grid {', '.join(f'{g:g}' for g in grids['igpt'])}; ResNet-18 grid "
+        f"{', '.join(f'{g:g}' for g in grids['resnet18'])}",
+        f"the iGPT's rate is {where('igpt')} of its grid, the ResNet-18's {where('resnet18')} of its grid",
+        f"the fine-tuned {'ResNet-18' if float(row['Δ']) > 0 else 'iGPT'} wins",
         f"{rows:,} training rows, {epochs} epochs",
         f"{test_rows:,} test images",
         f"iGPT {_f(row['top1 A'])} (lr {lrs['igpt']:g}) against ResNet-18 {_f(row['top1 B'])} (lr {lrs['resnet18']:g})",
         f"Δ {_f(row['Δ'])} [{_f(row['Δ low'])}, {_f(row['Δ high'])}], McNemar p {_p(row.p)}",
     ]
 
+
 def test_the_study_cpu_readme_states_only_numbers_of_its_records():
     """Each claim is in the README (however its lines wrap), and every number of its prose is one of
     the claims' numbers or a target of the study."""
     readme = (STUDY / "README.md").read_text()
-    claims = correlation_claims() + depth_claims() + baseline_claims() + finetune_claims()
+    claims = correlation_claims() + settle_claims() + depth_claims() + baseline_claims() + finetune_claims()
     flat = " ".join(readme.split())
     missing = [c for c in claims if " ".join(c.split()) not in flat]
     assert not missing, missing
@@ -187,4 +215,7 @@ def test_the_study_cpu_folder_is_whole():
         assert len(saves) >= 6, (size, saves)
         assert (STUDY / f"{size}-pretrain-log.jsonl").is_file()
     assert re.search(r"correlation\S*: \d+ s", (STUDY / "times.txt").read_text())
-
+    depth = _runs(STUDY / "depth")  # the deep model's last three saves, probed and scored
+    assert {r["weights"].split("/")[-3] for r in depth} == {MAIN}
+    assert len({r["step"] for r in depth}) == 3 and {r["task"] for r in depth} == {"linear-probe", "bits-per-dim"}
+    assert (STUDY / f"{MAIN}-pretrain-log.jsonl").is_file()
