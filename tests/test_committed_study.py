@@ -116,11 +116,15 @@ def settle_claims() -> list[str]:
     bpd = df[df.metric == "bits_per_dim"].set_index("step").value.astype(float)
     chosen = _val_choice(df)
     moved = (test[steps[-1]] - test[steps[-2]]).abs()
+    top = f"h{_runs(STUDY / 'depth')[0]['backbone_provenance']['config']['model']['n_layer']}"
+    last_two = {top if chosen[int(float(s))] == "final" else chosen[int(float(s))] for s in steps[-2:]}
+    settled = len(last_two) == 1 and moved.max() < 1  # the final norm counts as its top block
     return [
         "steps " + ", ".join(f"{int(float(s)):,}" for s in steps),
         "bits/dim on val " + ", ".join(f"{bpd[s]:.3f}" for s in steps),
         "val chooses " + ", ".join(f"{chosen[int(float(s))]} (step {int(float(s)):,})" for s in steps),
         f"at most {moved.max():.2f} points ({moved.idxmax()})",
+        f"**the depth curve has {'settled' if settled else 'not settled'}**",
     ]
 
 
@@ -179,6 +183,11 @@ def finetune_claims() -> list[str]:
     lrs = {b: float(ft[(ft.backbone == b) & (ft.metric == "lr")].value.iloc[0]) for b in runs}
     grids = {b: sorted(map(float, r["config"]["task_options"]["lr"])) for b, r in runs.items()}
 
+    def rose(b):  # every rate's val top-1 still rising in its last epoch: the budget ends too soon for it
+        (rec,) = (STUDY / "records").glob(f"{b}[@_]*__finetune__*.json")
+        rates = json.loads((rec.with_suffix("") / "finetune.json").read_text())["rates"]
+        return all(r["history"][-1]["val_top1"] > r["history"][-2]["val_top1"] for r in rates)
+
     def where(b):
         return "the top" if lrs[b] == grids[b][-1] else "the bottom" if lrs[b] == grids[b][0] else "the middle"
 
@@ -187,6 +196,8 @@ def finetune_claims() -> list[str]:
         f"{', '.join(f'{g:g}' for g in grids['resnet18'])}",
         f"the iGPT's rate is {where('igpt')} of its grid, the ResNet-18's {where('resnet18')} of its grid",
         f"the fine-tuned {'ResNet-18' if float(row['Δ']) > 0 else 'iGPT'} wins",
+        "val top-1 still rose in the last epoch at every rate of both grids" if rose("igpt") and rose("resnet18")
+        else "val top-1 stopped rising before the last epoch at some rate",
         f"{rows:,} training rows, {epochs} epochs",
         f"{test_rows:,} test images",
         f"iGPT {_f(row['top1 A'])} (lr {lrs['igpt']:g}) against ResNet-18 {_f(row['top1 B'])} (lr {lrs['resnet18']:g})",

@@ -80,3 +80,13 @@ def test_runs_that_differ_only_in_their_seed_are_one_line_of_their_mean_with_the
 
 def test_nothing_to_draw_without_a_run_of_several_layers():
     assert probe_depth(frame(_records("c.json", "pixels", ["pixels"], 75.0))) is None
+
+
+def test_a_legend_of_many_runs_sits_beside_the_curves_not_over_them():
+    records = [r for k in range(12) for r in _records(f"r{k}.json", "igpt", ["h0", "h1", "h2"], 70.0 + k,
+                                                      weights=f"w{k}")]
+    fig = probe_depth(frame(records))
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    legend, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert len(ax.get_legend().get_texts()) == 12 and legend.x0 >= plot.x1  # wholly right of the axes
