@@ -87,7 +87,7 @@ step correlation $BENCH -q run -t correlation -b igpt "${WEIGHTS[@]}" -o n="$N" 
 DEEP_LAST=()
 for save in $(ls -d "$RUNS/$DEEP"/checkpoints/step-* | tail -n 3); do DEEP_LAST+=(--weights "$save"); done
 step depth-igpt $BENCH -q run -b igpt "${DEEP_LAST[@]}" -t bits-per-dim -o split=val -t linear-probe \
-    --results "$RES/depth" "${RUN[@]}"
+    --precision "$PRECISION" --results "$RES/depth" "${RUN[@]}"
 step probes-igpt $BENCH -q run -b igpt --weights "$RUNS/$MAIN" -t linear-probe -t knn -t low-data-probe \
     -o concat=best5 -o shots="$SHOTS" --precision "$PRECISION" --results "$RES/records" "${RUN[@]}"
 step probes-pixels-view $BENCH -q run -b pixels-view --weights "$RUNS/$MAIN" -t linear-probe -t knn -t low-data-probe \

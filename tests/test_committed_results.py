@@ -334,7 +334,7 @@ def test_the_study_script_runs_its_whole_chain_on_the_cpu_at_toy_scale(tmp_path)
 
     need_fashion_mnist()
     env = {**os.environ, "DEVICE": "cpu", "STEPS": "6", "DEEP_STEPS": "6", "LIMIT": "50", "N": "5",
-           "SIZES": "igpt-1x16", "DEEP": "igpt-2x16", "FT_EPOCHS": "1", "SHOTS": "1", "PRECISION": "fp32",
+           "SIZES": "igpt-1x16", "DEEP": "igpt-2x16", "FT_EPOCHS": "1", "SHOTS": "1", "PRECISION": "bf16",
            "EXTRACTOR": "pixels", "LRS_IGPT": "1e-3,3e-3", "LRS_RESNET": "1e-3,3e-3", "RES": "res", "RUNS": "runs",
            "BENCH": f"{sys.executable} -m bench", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     env.pop("BENCH_CACHE")  # the script's own, under RUNS
@@ -359,6 +359,9 @@ def test_the_study_script_runs_its_whole_chain_on_the_cpu_at_toy_scale(tmp_path)
     depth = api.report(res / "depth")  # the deep model's last three saves: every layer, and bits/dim on val
     assert sorted(depth[depth.task == "linear-probe"].step.astype(int).unique()) == [4, 5, 6]
     assert set(depth[depth.metric == "bits_per_dim"].split) == {"val"}
+    precision = {json.loads(f.read_text())["run"]["config"]["precision"]
+                 for f in [*(res / "depth").glob("*linear-probe*.json"), *(res / "records").glob("igpt@*linear-probe*.json")]}
+    assert len(precision) == 1  # the last save's layers are one extraction for depth/ and records/
     assert (res / "report.html").is_file() and (res / "results.md").is_file()
     assert (res / "igpt-2x16-pretrain-log.jsonl").is_file()
     written = [f for f in res.rglob("*") if f.suffix in (".json", ".jsonl", ".md", ".html")]
