@@ -110,9 +110,10 @@ def finish_depth_axes(fig, ax, title: str, relative: bool = True):
     ax.set_ylabel("linear probe test top-1 (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if len(ax.get_legend_handles_labels()[1]) > 8:  # a long legend inside would hide the curves
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries > 8:  # a long legend inside would hide the curves
         width, height = fig.get_size_inches()
-        fig.set_size_inches(width + 4, max(height, 0.2 * len(ax.get_legend_handles_labels()[1])))
+        fig.set_size_inches(width + 4, max(height, 0.2 * entries))
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     else:
         ax.legend(fontsize=7, loc="best")

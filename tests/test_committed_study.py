@@ -183,9 +183,8 @@ def finetune_claims() -> list[str]:
     lrs = {b: float(ft[(ft.backbone == b) & (ft.metric == "lr")].value.iloc[0]) for b in runs}
     grids = {b: sorted(map(float, r["config"]["task_options"]["lr"])) for b, r in runs.items()}
 
-    def rose(b):  # every rate's val top-1 still rising in its last epoch: the budget ends too soon for it
-        (rec,) = (STUDY / "records").glob(f"{b}[@_]*__finetune__*.json")
-        rates = json.loads((rec.with_suffix("") / "finetune.json").read_text())["rates"]
+    def rose(record: Path) -> bool:  # every rate's val top-1 still rising in its last epoch: the budget ends too soon
+        rates = json.loads((record.with_suffix("") / "finetune.json").read_text())["rates"]
         return all(r["history"][-1]["val_top1"] > r["history"][-2]["val_top1"] for r in rates)
 
     def where(b):
@@ -196,7 +195,7 @@ def finetune_claims() -> list[str]:
         f"{', '.join(f'{g:g}' for g in grids['resnet18'])}",
         f"the iGPT's rate is {where('igpt')} of its grid, the ResNet-18's {where('resnet18')} of its grid",
         f"the fine-tuned {'ResNet-18' if float(row['Δ']) > 0 else 'iGPT'} wins",
-        "val top-1 still rose in the last epoch at every rate of both grids" if rose("igpt") and rose("resnet18")
+        "val top-1 still rose in the last epoch at every rate of both grids" if all(map(rose, _finetunes()))
         else "val top-1 stopped rising before the last epoch at some rate",
         f"{rows:,} training rows, {epochs} epochs",
         f"{test_rows:,} test images",
